@@ -1,0 +1,13 @@
+"""The project's error type: a message written for the person at the keyboard."""
+
+
+class MnistDigitsError(Exception):
+    """An error whose message says what went wrong and what to do; the CLI prints it alone."""
+
+
+class DataError(MnistDigitsError):
+    """The dataset is missing, unreadable, or not the data it claims to be."""
+
+
+class CheckpointError(MnistDigitsError):
+    """A model or checkpoint file is missing, corrupt, or from another architecture."""

@@ -1,0 +1,129 @@
+"""Measuring a model on a labelled set: accuracy, loss, per-class metrics, confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import Split, to_tensors
+from .model import NUM_CLASSES
+from .train import predict_logits
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    digit: int
+    precision: float  # of the images predicted as this digit, the share that are it
+    recall: float  # of the images of this digit, the share found
+    f1: float
+    support: int  # images of this digit in the set
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    accuracy: float
+    loss: float  # mean cross-entropy
+    count: int  # images evaluated
+    per_class: list[ClassMetrics]
+    confusion: list[list[int]]  # confusion[true][predicted]
+    labels: np.ndarray  # (N,) true digit per image
+    predictions: np.ndarray  # (N,) predicted digit per image
+    confidences: np.ndarray  # (N,) probability of the predicted digit
+
+    @property
+    def errors(self) -> int:
+        return int((self.predictions != self.labels).sum())
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (without the per-image arrays)."""
+        return {
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "count": self.count,
+            "errors": self.errors,
+            "per_class": [asdict(c) for c in self.per_class],
+            "confusion": self.confusion,
+        }
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray) -> np.ndarray:
+    """(10, 10) counts, rows = true digit, columns = predicted digit."""
+    flat = labels.astype(np.int64) * NUM_CLASSES + predictions.astype(np.int64)
+    return np.bincount(flat, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
+
+
+def class_metrics(confusion: np.ndarray) -> list[ClassMetrics]:
+    rows = []
+    for digit in range(NUM_CLASSES):
+        hits = int(confusion[digit, digit])
+        predicted, actual = int(confusion[:, digit].sum()), int(confusion[digit].sum())
+        precision = hits / predicted if predicted else 0.0
+        recall = hits / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append(ClassMetrics(digit, precision, recall, f1, actual))
+    return rows
+
+
+def evaluate_model(
+    model: torch.nn.Module, split: Split, device: torch.device | str = "cpu", batch_size: int = 1000
+) -> Evaluation:
+    """Run the model over a split and measure everything `Evaluation` holds."""
+    images, labels = to_tensors(split, device)
+    logits = predict_logits(model, images, batch_size).float()
+    loss = F.cross_entropy(logits, labels).item()
+    probs = logits.softmax(1)
+    confidences, predictions = probs.max(1)
+    predictions_np = predictions.cpu().numpy()
+    labels_np = labels.cpu().numpy()
+    confusion = confusion_matrix(labels_np, predictions_np)
+    return Evaluation(
+        accuracy=float((predictions_np == labels_np).mean()),
+        loss=loss,
+        count=len(labels_np),
+        per_class=class_metrics(confusion),
+        confusion=confusion.tolist(),
+        labels=labels_np,
+        predictions=predictions_np,
+        confidences=confidences.cpu().numpy(),
+    )
+
+
+def format_report(evaluation: Evaluation) -> str:
+    """Accuracy, per-class table and confusion matrix as text."""
+    lines = [
+        f"accuracy {evaluation.accuracy:.4%}  ({evaluation.errors} errors in {evaluation.count:,})"
+        f"   loss {evaluation.loss:.4f}",
+        "",
+        "digit  precision  recall      f1  support",
+    ]
+    for c in evaluation.per_class:
+        lines.append(f"{c.digit:>5}  {c.precision:>9.4f}  {c.recall:>6.4f}  {c.f1:>6.4f}  {c.support:>7}")
+    lines += ["", "confusion matrix (rows: true digit, columns: predicted)"]
+    lines.append("      " + "".join(f"{d:>6}" for d in range(NUM_CLASSES)))
+    for digit, row in enumerate(evaluation.confusion):
+        lines.append(f"{digit:>6}" + "".join(f"{n:>6}" for n in row))
+    return "\n".join(lines)
+
+
+def record_test_result(
+    model_path: Path, model: torch.nn.Module, test: Split, history: list[dict], device: torch.device | str
+) -> Evaluation:
+    """Evaluate the chosen model on the official test set, once, and store the result and the
+    training history in the model file's metadata (so `evaluate` can draw its curves)."""
+    from . import checkpoint
+
+    evaluation = evaluate_model(model, test, device)
+    _, metadata = checkpoint.read(model_path)
+    metadata.update(
+        test_accuracy=evaluation.accuracy,
+        test_loss=evaluation.loss,
+        history=history,
+        train_seconds=sum(h["seconds"] for h in history),
+        torch_threads=torch.get_num_threads(),
+    )
+    checkpoint.save_model(model_path, model, metadata)  # type: ignore[arg-type]
+    return evaluation

@@ -1,0 +1,157 @@
+"""The reference CNN: a Keras-equivalent network with Keras' initialization and BatchNorm."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+IMAGE_SIZE = 28  # MNIST images are 28x28 pixels
+NUM_CLASSES = 10  # digits 0-9
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the reference network; the defaults give the 730,602-parameter model."""
+
+    channels: tuple[int, int, int] = (32, 64, 128)  # conv widths of the three blocks
+    hidden: int = 128  # units of the dense layer before the classifier
+    dropout_first: float = 0.20  # dropout after the first conv block
+    dropout: float = 0.25  # dropout everywhere else
+    bn_momentum: float = 0.01  # = 1 - Keras' momentum 0.99 (PyTorch counts the other way)
+    bn_eps: float = 1e-3  # Keras' BatchNormalization epsilon
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        values = dict(values)
+        values["channels"] = tuple(values["channels"])
+        return cls(**values)
+
+
+def feature_size(config: ModelConfig) -> int:
+    """Length of the flattened feature vector: 128 channels x 6 x 6 = 4608 by default."""
+    side = IMAGE_SIZE - 2 - 2  # two 3x3 'valid' convolutions: 28 -> 26 -> 24
+    side //= 2  # max-pool: 24 -> 12
+    side //= 2  # max-pool: 12 -> 6 ('same' convolutions keep the size)
+    return config.channels[2] * side * side
+
+
+class DigitNet(nn.Sequential):
+    """Conv-conv-pool x2, conv, dense-BN, softmax classifier; outputs logits, shape (N, 10)."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        config = config or ModelConfig()
+        c1, c2, c3 = config.channels
+        # fmt: off
+        super().__init__(
+            # layer                                            output shape, batch N
+            nn.Conv2d(1, c1, 3), nn.ReLU(),                    # (N, 32, 26, 26)  valid
+            nn.Conv2d(c1, c1, 3), nn.ReLU(),                   # (N, 32, 24, 24)  valid
+            nn.MaxPool2d(2),                                   # (N, 32, 12, 12)
+            nn.Dropout(config.dropout_first),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),        # (N, 64, 12, 12)  same
+            nn.Conv2d(c2, c2, 3, padding=1), nn.ReLU(),        # (N, 64, 12, 12)  same
+            nn.MaxPool2d(2),                                   # (N, 64, 6, 6)
+            nn.Dropout(config.dropout),
+            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),        # (N, 128, 6, 6)   same
+            nn.Dropout(config.dropout),
+            nn.Flatten(),                                      # (N, 4608)
+            nn.Linear(feature_size(config), config.hidden),    # (N, 128)
+            nn.ReLU(),
+            nn.BatchNorm1d(config.hidden, eps=config.bn_eps, momentum=config.bn_momentum),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, NUM_CLASSES),             # (N, 10) logits; softmax in the loss
+        )
+        # fmt: on
+        self.config = config
+        self.reset_parameters_like_keras()
+
+    def reset_parameters_like_keras(self) -> None:
+        """He-normal conv kernels, Glorot-uniform dense kernels, zero biases, as Keras does."""
+        for layer in self.modules():
+            if isinstance(layer, nn.Conv2d):
+                fan_in = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+                # Keras' he_normal is a normal truncated at 2 std; 0.8796 undoes the truncation's
+                # shrinking of the variance so the kept samples have std sqrt(2 / fan_in).
+                std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
+                nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+                nn.init.zeros_(layer.bias)
+            elif isinstance(layer, nn.Linear):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    name: str  # Keras-style layer name, e.g. "conv2d_1"
+    kind: str  # PyTorch class name
+    output_shape: tuple[int, ...]  # without the batch dimension
+    params: int
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    layers: list[LayerSummary]
+    total_params: int
+    trainable_params: int
+    non_trainable_params: int  # BatchNorm's running mean and variance, as Keras counts them
+
+
+_KERAS_NAMES = {
+    nn.Conv2d: "conv2d",
+    nn.MaxPool2d: "max_pooling2d",
+    nn.Dropout: "dropout",
+    nn.Flatten: "flatten",
+    nn.Linear: "dense",
+    nn.BatchNorm1d: "batch_normalization",
+    nn.ReLU: "activation",
+}
+
+
+def summarize(model: DigitNet) -> ModelSummary:
+    """Per-layer output shapes and parameter counts, counted the way Keras' summary() does."""
+    counts: dict[str, int] = {}
+    layers = []
+    x = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for layer in model:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                continue  # Keras folds the activation into the layer before it
+            base = _KERAS_NAMES.get(type(layer), type(layer).__name__.lower())
+            index = counts.get(base, 0)
+            counts[base] = index + 1
+            name = base if index == 0 else f"{base}_{index}"
+            params = sum(p.numel() for p in layer.parameters())
+            params += sum(b.numel() for n, b in layer.named_buffers() if n.startswith("running"))
+            layers.append(LayerSummary(name, type(layer).__name__, tuple(x.shape[1:]), params))
+    model.train(was_training)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    non_trainable = sum(
+        b.numel() for n, b in model.named_buffers() if n.rsplit(".", 1)[-1].startswith("running")
+    )
+    return ModelSummary(layers, trainable + non_trainable, trainable, non_trainable)
+
+
+def format_summary(summary: ModelSummary) -> str:
+    """A table in the shape of Keras' model.summary()."""
+    rule, heavy = "_" * 72, "=" * 72
+    lines = [rule, f"{'Layer (type)':<34}{'Output Shape':<24}{'Param #':>10}", heavy]
+    for i, layer in enumerate(summary.layers):
+        shape = "(None, " + ", ".join(str(s) for s in layer.output_shape) + ")"
+        lines.append(f"{f'{layer.name} ({layer.kind})':<34}{shape:<24}{layer.params:>10,}")
+        lines.append(rule if i < len(summary.layers) - 1 else heavy)
+    lines += [
+        f"Total params: {summary.total_params:,}",
+        f"Trainable params: {summary.trainable_params:,}",
+        f"Non-trainable params: {summary.non_trainable_params:,}",
+        rule,
+    ]
+    return "\n".join(lines)
