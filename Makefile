@@ -1,0 +1,40 @@
+# Every target sets up what it needs: a fresh clone runs `make train` or `make test` directly.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup train test test-slow lint wheel-check clean
+
+setup: $(STAMP)
+
+# torch is pinned in constraints.txt, so pip takes the CPU build and no CUDA packages.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+## Train the reference model (20 epochs) into runs/reference and report its test accuracy.
+train: $(STAMP)
+	$(BIN)/mnist-digits train --recipe reference --out runs/reference
+
+## The fast test suite (a few minutes on 2 CPU cores).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## The slow tests too: a full reference training run.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy src
+
+## Build the wheel, install it in a clean environment, and evaluate the shipped model from it.
+wheel-check: $(STAMP)
+	bash .ci/wheel-check
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

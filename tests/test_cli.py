@@ -1,0 +1,90 @@
+import json
+
+import pytest
+
+from mnist_digits import checkpoint
+from mnist_digits.cli import main
+from mnist_digits.model import DigitNet, ModelConfig
+
+
+@pytest.fixture
+def data_env(monkeypatch, mnist_dir):
+    monkeypatch.setenv("MNIST_DIGITS_DATA", str(mnist_dir))
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    checkpoint.save_model(path, DigitNet(ModelConfig(channels=(4, 8, 8), hidden=16)), {"note": "untrained"})
+    return path
+
+
+def test_summary_prints_the_keras_totals(capsys):
+    assert main(["summary"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 730,602" in out and "Trainable params: 730,346" in out
+
+
+def test_data_reports_verified_files(data_env, capsys):
+    assert main(["data"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("sha256 verified") == 4 and "60000x28x28" in out
+    assert main(["data", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [f["problem"] for f in report["files"]] == [None] * 4
+
+
+def test_data_dir_with_a_bad_file_is_an_error_not_a_download(tmp_path, capsys, mnist_dir):
+    for source in mnist_dir.iterdir():
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes()[:-10])
+    assert main(["data", "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "t10k-labels-idx1-ubyte.gz" in err and "Traceback" not in err
+
+
+def test_dry_run_training_then_evaluate_with_figures(data_env, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--dry-run", "--no-progress", "--out", str(run), "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out
+    metadata = checkpoint.load_model(run / "model.safetensors").metadata
+    assert 0.1 < metadata["test_accuracy"] <= 1 and metadata["train_config"]["seed"] == 3
+    assert len(metadata["history"]) == 1
+
+    figures = tmp_path / "figures"
+    assert main(["evaluate", "--model", str(run / "model.safetensors"), "--out", str(figures), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy"] == pytest.approx(metadata["test_accuracy"])
+    assert sorted(p.name for p in figures.iterdir()) == ["confusion.png", "curves.png", "misclassified.png"]
+
+    # The same run directory again without --resume: refused, nothing lost.
+    assert main(["train", "--dry-run", "--no-progress", "--out", str(run)]) == 1
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_evaluate_text_report(data_env, tiny_model, capsys):
+    assert main(["evaluate", "--model", str(tiny_model)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "confusion matrix" in out
+
+
+def test_unknown_model_is_a_clear_error(capsys):
+    assert main(["evaluate", "--model", "no-such-model"]) == 1
+    err = capsys.readouterr().err
+    assert "neither a model file nor a shipped model" in err
+
+
+def test_models_lists_the_shipped_reference(capsys):
+    assert main(["models"]) == 0
+    assert "reference" in capsys.readouterr().out
+
+
+def test_help_explains_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--recipe", "--epochs", "--batch-size", "--seed", "--out", "--resume", "--device"):
+        assert option in out

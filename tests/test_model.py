@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mnist_digits.model import DigitNet, ModelConfig, feature_size, format_summary, summarize
+
+
+def test_parameter_counts_match_the_keras_summary():
+    summary = summarize(DigitNet())
+    assert summary.total_params == 730_602
+    assert summary.trainable_params == 730_346
+    assert summary.non_trainable_params == 256
+    assert [layer.params for layer in summary.layers if layer.params] == [
+        320,
+        9248,
+        18496,
+        36928,
+        73856,
+        589952,
+        512,
+        1290,
+    ]
+
+
+def test_output_shapes_follow_the_reference_architecture():
+    shapes = {layer.name: layer.output_shape for layer in summarize(DigitNet()).layers}
+    assert shapes["conv2d"] == (32, 26, 26)
+    assert shapes["conv2d_1"] == (32, 24, 24)
+    assert shapes["max_pooling2d_1"] == (64, 6, 6)
+    assert shapes["flatten"] == (4608,)
+    assert shapes["dense_1"] == (10,)
+    assert feature_size(ModelConfig()) == 4608
+
+
+def test_summary_table_lists_every_layer_and_the_totals():
+    text = format_summary(summarize(DigitNet()))
+    assert "Total params: 730,602" in text
+    assert "Non-trainable params: 256" in text
+    assert text.count("conv2d") == 5 and text.count("dropout") == 4
+
+
+def test_forward_gives_logits_for_a_batch():
+    model = DigitNet().eval()
+    logits = model(torch.rand(3, 1, 28, 28))
+    assert logits.shape == (3, 10)
+    assert torch.isfinite(logits).all()
+
+
+def test_initialization_is_keras_like():
+    torch.manual_seed(0)
+    model = DigitNet()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    denses = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for conv in convs:
+        fan_in = conv.weight[0].numel()
+        std = math.sqrt(2 / fan_in)
+        assert conv.bias.abs().max() == 0
+        # He-normal, truncated at two standard deviations of the untruncated normal
+        assert conv.weight.abs().max() <= 2 * std / 0.8796 + 1e-6
+        if conv.weight.numel() > 5000:  # enough samples for a stable estimate
+            assert conv.weight.std().item() == pytest.approx(std, rel=0.05)
+    for dense in denses:
+        limit = math.sqrt(6 / (dense.in_features + dense.out_features))
+        assert dense.bias.abs().max() == 0
+        assert dense.weight.abs().max() <= limit
+        assert dense.weight.abs().max() > 0.9 * limit  # uniform: fills the range
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm1d))
+    assert bn.eps == 1e-3 and bn.momentum == pytest.approx(0.01)
+
+
+def test_config_roundtrip_and_other_sizes():
+    config = ModelConfig(channels=(4, 8, 16), hidden=12)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    model = DigitNet(config)
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert summarize(model).total_params < 730_602

@@ -1,0 +1,27 @@
+"""The model shipped inside the package must load by name and keep the reference accuracy."""
+
+import pytest
+
+from mnist_digits import pretrained
+from mnist_digits.evaluate import evaluate_model
+
+
+def test_reference_model_ships_with_its_metadata():
+    loaded = pretrained.load("reference")
+    metadata = loaded.metadata
+    assert metadata["train_config"]["recipe"] == "reference"
+    assert metadata["test_accuracy"] >= 0.9955
+    assert len(metadata["history"]) == metadata["train_config"]["epochs"]
+    assert set(metadata["data_sha256"]) == {
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    }
+
+
+def test_reference_model_reaches_the_reference_accuracy_on_the_official_test_set(mnist):
+    loaded = pretrained.load("reference")
+    evaluation = evaluate_model(loaded.model, mnist.test)
+    assert evaluation.accuracy >= 0.9955
+    assert evaluation.accuracy == pytest.approx(loaded.metadata["test_accuracy"], abs=1e-4)

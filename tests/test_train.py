@@ -1,0 +1,130 @@
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from mnist_digits import checkpoint
+from mnist_digits.augment import AugmentConfig
+from mnist_digits.data import Mnist, Split
+from mnist_digits.errors import CheckpointError, MnistDigitsError
+from mnist_digits.model import ModelConfig
+from mnist_digits.train import PlateauScheduler, TrainConfig, fit, recipe
+
+# A small network and a few epochs on 1,200 real digits: seconds, not minutes.
+SMALL = TrainConfig(
+    epochs=2,
+    batch_size=32,
+    augment=AugmentConfig(rotation=0, zoom=0, shift=0),
+    model=ModelConfig(channels=(8, 16, 16), hidden=32),
+)
+
+
+@pytest.fixture(scope="module")
+def small_mnist(mnist: Mnist) -> Mnist:
+    return Mnist(
+        Split(mnist.train.images[:1200], mnist.train.labels[:1200]),
+        Split(mnist.test.images[:200], mnist.test.labels[:200]),
+        mnist.directory,
+        mnist.sha256,
+    )
+
+
+def _lr_after(accuracies: list[float], config: TrainConfig) -> list[float]:
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    scheduler = PlateauScheduler(optimizer, config)
+    rates = []
+    for accuracy in accuracies:
+        scheduler.step(accuracy)
+        rates.append(optimizer.param_groups[0]["lr"])
+    return rates
+
+
+def test_plateau_halves_lr_after_three_epochs_without_improvement():
+    rates = _lr_after([0.90, 0.95, 0.95, 0.95, 0.95, 0.96, 0.96, 0.96, 0.96], TrainConfig())
+    assert rates == [1e-3] * 4 + [5e-4] * 4 + [2.5e-4]
+
+
+def test_plateau_counts_gains_below_min_delta_as_no_improvement():
+    rates = _lr_after([0.99, 0.99005, 0.99009, 0.99009], TrainConfig())
+    assert rates[-1] == 5e-4
+
+
+def test_plateau_reports_each_change_and_respects_the_floor():
+    config = replace(TrainConfig(), plateau_patience=0, min_lr=3e-4)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    scheduler = PlateauScheduler(optimizer, config)
+    assert scheduler.step(0.5) is None  # the first epoch sets the best
+    assert scheduler.step(0.5) == (1e-3, 5e-4)
+    assert scheduler.step(0.5) == (5e-4, 3e-4)
+    assert scheduler.step(0.5) is None  # at the floor: nothing left to change
+
+
+def test_fit_learns_writes_history_and_keeps_the_best_epoch(small_mnist, tmp_path):
+    messages: list[str] = []
+    result = fit(SMALL, small_mnist, tmp_path, progress=False, log=messages.append)
+    assert len(result.history) == 2
+    assert result.best_val_accuracy > 0.5  # far above chance (0.1) after two epochs
+    assert result.best_val_accuracy == max(s.val_accuracy for s in result.history)
+    lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    saved = checkpoint.load_model(tmp_path / "model.safetensors")
+    assert saved.metadata["epoch"] == result.best_epoch
+    assert saved.metadata["train_config"]["epochs"] == 2
+    assert len(saved.metadata["data_sha256"]) == 4
+    assert any("val_acc" in m for m in messages)
+
+
+def test_fit_logs_learning_rate_changes(small_mnist, tmp_path):
+    config = replace(SMALL, epochs=3, plateau_patience=0, plateau_min_delta=1.0)  # never "improves"
+    messages: list[str] = []
+    fit(config, small_mnist, tmp_path, progress=False, log=messages.append)
+    changes = [m for m in messages if "learning rate" in m]
+    assert len(changes) == 2 and "1.00e-03 -> 5.00e-04" in changes[0]
+
+
+def test_resumed_run_matches_an_uninterrupted_one(small_mnist, tmp_path):
+    config = replace(SMALL, augment=AugmentConfig())
+    whole = fit(config, small_mnist, tmp_path / "whole", progress=False, log=lambda m: None)
+    fit(replace(config, epochs=1), small_mnist, tmp_path / "split", progress=False, log=lambda m: None)
+    # Pretend the run was stopped after epoch 1: same directory, full config, --resume.
+    _rewrite_epochs(tmp_path / "split" / "checkpoint.safetensors", config.epochs)
+    resumed = fit(config, small_mnist, tmp_path / "split", resume=True, progress=False, log=lambda m: None)
+    assert [s.val_accuracy for s in resumed.history] == [s.val_accuracy for s in whole.history]
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def _rewrite_epochs(path, epochs):
+    tensors, metadata = checkpoint.read(path)
+    metadata["train_config"]["epochs"] = epochs
+    checkpoint.save(path, tensors, metadata)
+
+
+def test_existing_run_is_never_overwritten_and_resume_needs_the_same_settings(small_mnist, tmp_path):
+    config = replace(SMALL, epochs=1)
+    fit(config, small_mnist, tmp_path, progress=False, log=lambda m: None)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    with pytest.raises(MnistDigitsError, match="--resume"):
+        fit(config, small_mnist, tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="lr"):
+        fit(replace(config, lr=0.5), small_mnist, tmp_path, resume=True, progress=False)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
+    with pytest.raises(MnistDigitsError, match="nothing to resume"):
+        fit(config, small_mnist, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_recipe_overrides_and_unknown_names():
+    assert recipe("reference", epochs=3, lr=None).epochs == 3
+    assert recipe("reference").lr == 1e-3
+    with pytest.raises(MnistDigitsError, match="unknown recipe"):
+        recipe("nope")
+
+
+@pytest.mark.slow
+def test_full_reference_training_reaches_the_reference_accuracy(mnist, tmp_path):
+    """The whole default recipe (about 25 minutes on 2 CPU cores)."""
+    from mnist_digits.evaluate import evaluate_model
+
+    result = fit(TrainConfig(), mnist, tmp_path, progress=False)
+    assert evaluate_model(result.model, mnist.test).accuracy >= 0.9955
