@@ -128,3 +128,64 @@ def test_full_reference_training_reaches_the_reference_accuracy(mnist, tmp_path)
 
     result = fit(TrainConfig(), mnist, tmp_path, progress=False)
     assert evaluate_model(result.model, mnist.test).accuracy >= 0.9955
+
+
+_RUN_SMALL = """
+import sys
+from dataclasses import replace
+from mnist_digits import data
+from mnist_digits.augment import AugmentConfig
+from mnist_digits.model import ModelConfig
+from mnist_digits.train import TrainConfig, fit
+
+mnist = data.load(data.locate())
+mnist = replace(mnist, train=data.Split(mnist.train.images[:2400], mnist.train.labels[:2400]))
+config = TrainConfig(epochs=2, batch_size=32, model=ModelConfig(channels=(8, 16, 16), hidden=32))
+fit(config, mnist, sys.argv[1], resume=sys.argv[2] == "resume", progress=False,
+    log=lambda m: print(m, flush=True))
+"""
+
+
+def _train_process(run_dir, mode, mnist_dir):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MNIST_DIGITS_DATA": str(mnist_dir)}
+    return subprocess.Popen(
+        [sys.executable, "-c", _RUN_SMALL, str(run_dir), mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches(mnist_dir, tmp_path):
+    """A real training process stopped mid-epoch by SIGTERM resumes to the same weights."""
+    import signal
+    import time
+
+    whole = _train_process(tmp_path / "whole", "new", mnist_dir)
+    assert whole.wait(timeout=300) == 0, whole.stderr.read()
+
+    stopped = _train_process(tmp_path / "stopped", "new", mnist_dir)
+    first_line = stopped.stdout.readline()  # printed when epoch 1 ends
+    assert first_line.startswith("epoch  1/2"), first_line + stopped.stderr.read()
+    time.sleep(1.0)  # into epoch 2 (any point is valid; mid-epoch is the interesting case)
+    stopped.send_signal(signal.SIGTERM)
+    _, err = stopped.communicate(timeout=120)
+    assert stopped.returncode != 0 and "stopped by SIGTERM in epoch 2" in err, err
+    state = checkpoint.read(tmp_path / "stopped" / "checkpoint.safetensors")[1]
+    assert state["epoch_in_progress"] is not None and len(state["history"]) == 1
+
+    resumed = _train_process(tmp_path / "stopped", "resume", mnist_dir)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "Resuming" in out and "batch" in out
+    a = checkpoint.read(tmp_path / "whole" / "checkpoint.safetensors")
+    b = checkpoint.read(tmp_path / "stopped" / "checkpoint.safetensors")
+    assert [h["val_accuracy"] for h in a[1]["history"]] == [h["val_accuracy"] for h in b[1]["history"]]
+    for key, tensor in a[0].items():
+        if key.startswith("model."):
+            assert torch.equal(tensor, b[0][key]), key

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__, data
 from .errors import MnistDigitsError
+from .resume import TrainingInterrupted
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -138,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command]
     try:
         return handler(args)
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except MnistDigitsError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -23,9 +23,19 @@ from tqdm import tqdm
 from . import checkpoint
 from .augment import AugmentConfig, random_affine
 from .data import Mnist, Split, split_validation, to_tensors
-from .errors import CheckpointError, MnistDigitsError
+from .errors import MnistDigitsError
 from .files import write_atomic
 from .model import DigitNet, ModelConfig
+from .resume import (
+    EpochProgress,
+    EpochStats,
+    StopRequest,
+    TrainingInterrupted,
+    TrainingState,
+    restore_state,
+    save_state,
+    stop_on_signals,
+)
 
 
 @dataclass(frozen=True)
@@ -65,18 +75,6 @@ RECIPES: dict[str, TrainConfig] = {
 
 
 @dataclass
-class EpochStats:
-    epoch: int  # 1-based
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    lr: float  # learning rate used during this epoch
-    seconds: float  # wall time of the epoch's training steps
-    images_per_second: float  # training throughput, augmentation included
-
-
-@dataclass
 class FitResult:
     model: DigitNet  # weights of the best epoch, in eval mode
     history: list[EpochStats]
@@ -102,17 +100,26 @@ def train_one_epoch(
     labels: torch.Tensor,
     config: TrainConfig,
     generator: torch.Generator,
+    progress: EpochProgress,
+    stop: StopRequest | None = None,
     bar: tqdm | None = None,
-) -> tuple[float, float]:
-    """One pass over shuffled, augmented batches; returns mean loss and accuracy."""
+) -> bool:
+    """Train on shuffled, augmented batches from `progress.step` on, updating `progress`.
+
+    Returns True when the epoch is complete, False when `stop` was requested first.
+    """
     model.train()
-    n = len(labels)
-    order = torch.randperm(n, generator=generator).to(images.device)
-    total_loss = torch.zeros((), device=images.device)
-    total_correct = torch.zeros((), device=images.device, dtype=torch.long)
-    seen, start = 0, time.perf_counter()
-    for first in range(0, n, config.batch_size):
-        index = order[first : first + config.batch_size]
+    n = len(progress.order)
+    loss_sum = torch.zeros((), device=images.device)  # on the device: no sync per step
+    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    start = time.perf_counter()
+    steps = range(progress.step * config.batch_size, n, config.batch_size)
+    finished = True
+    for step, first in enumerate(steps, start=progress.step):
+        if stop:
+            finished = False
+            break
+        index = progress.order[first : first + config.batch_size]
         if len(index) < 2:
             break  # BatchNorm cannot normalize a batch of one
         batch = random_affine(images[index], config.augment, generator)
@@ -122,19 +129,23 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.detach() * len(index)
-        total_correct += (logits.argmax(1) == labels[index]).sum()
-        seen += len(index)
+        loss_sum += loss.detach() * len(index)
+        correct += (logits.argmax(1) == labels[index]).sum()
+        progress.step, progress.seen = step + 1, progress.seen + len(index)
         if bar is not None:
             bar.update(len(index))
-            if (first // config.batch_size) % 20 == 0:  # reading the loss syncs a GPU; not every step
+            if step % 20 == 0:  # reading the loss waits for a GPU; not every step
+                seen = progress.seen
                 bar.set_postfix(
-                    loss=f"{total_loss.item() / seen:.4f}",
-                    acc=f"{total_correct.item() / seen:.4f}",
+                    loss=f"{(progress.loss_sum + loss_sum.item()) / seen:.4f}",
+                    acc=f"{(progress.correct + correct.item()) / seen:.4f}",
                     lr=f"{optimizer.param_groups[0]['lr']:.1e}",
-                    img_s=f"{seen / (time.perf_counter() - start):.0f}",
+                    img_s=f"{seen / (progress.seconds + time.perf_counter() - start):.0f}",
                 )
-    return total_loss.item() / seen, total_correct.item() / seen
+    progress.loss_sum += loss_sum.item()
+    progress.correct += int(correct.item())
+    progress.seconds += time.perf_counter() - start
+    return finished
 
 
 @torch.no_grad()
@@ -197,9 +208,12 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
-    extra_metadata: dict[str, Any] | None = None,
 ) -> FitResult:
-    """Train on data.train minus a held-out validation split; never looks at data.test."""
+    """Train on data.train minus a held-out validation split; never looks at data.test.
+
+    Ctrl-C or SIGTERM stops at the next batch, saves a resumable checkpoint and raises
+    TrainingInterrupted; `resume=True` continues from the checkpoint in `run_dir`.
+    """
     device = device or pick_device()
     run_dir = Path(run_dir)
     state_path = run_dir / "checkpoint.safetensors"
@@ -216,133 +230,100 @@ def fit(
     val_images, val_labels = to_tensors(val_split, device)
 
     torch.manual_seed(config.seed)  # weights and dropout
-    generator = torch.Generator().manual_seed(config.seed + 1)  # shuffling and augmentation
     model = DigitNet(config.model).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=config.rho, eps=config.eps)
-    scheduler = PlateauScheduler(optimizer, config)
-    history: list[EpochStats] = []
-    best_val_accuracy, best_epoch = -math.inf, 0
+    state = TrainingState(
+        model=model,
+        optimizer=optimizer,
+        scheduler=PlateauScheduler(optimizer, config),
+        generator=torch.Generator().manual_seed(config.seed + 1),  # shuffling and augmentation
+        history=[],
+    )
     if resume:
-        history = _restore(state_path, config, model, optimizer, scheduler, generator, device)
-        best = max(history, key=lambda s: s.val_accuracy, default=None)
-        best_epoch, best_val_accuracy = (best.epoch, best.val_accuracy) if best else (0, -math.inf)
-        log(f"Resuming {run_dir} after epoch {len(history)} of {config.epochs}.")
+        restore_state(state_path, state, config.to_dict())
+        where = f"epoch {len(state.history) + 1}"
+        if state.in_progress:
+            where += f", batch {state.in_progress.step + 1}"
+        log(f"Resuming {run_dir} at {where} of {config.epochs}.")
+    best = max(state.history, key=lambda s: s.val_accuracy, default=None)
+    best_epoch, best_val_accuracy = (best.epoch, best.val_accuracy) if best else (0, -math.inf)
 
-    metadata = {
-        "train_config": config.to_dict(),
-        "data_sha256": data.sha256,
-        "device": str(device),
-        **(extra_metadata or {}),
-    }
+    metadata = {"train_config": config.to_dict(), "data_sha256": data.sha256, "device": str(device)}
     run_dir.mkdir(parents=True, exist_ok=True)
-    for epoch in range(len(history) + 1, config.epochs + 1):
-        lr = optimizer.param_groups[0]["lr"]
-        start = time.perf_counter()
-        with tqdm(
-            total=len(train_labels),
-            unit="img",
-            desc=f"epoch {epoch}/{config.epochs}",
-            disable=not progress,
-            leave=False,
-        ) as bar:
-            train_loss, train_acc = train_one_epoch(
-                model, optimizer, train_images, train_labels, config, generator, bar
+    with stop_on_signals() as stop:
+        for epoch in range(len(state.history) + 1, config.epochs + 1):
+            if state.in_progress is None:
+                state.in_progress = EpochProgress(
+                    torch.randperm(len(train_labels), generator=state.generator)
+                )
+            epoch_progress = state.in_progress
+            epoch_progress.order = epoch_progress.order.to(device)
+            lr = optimizer.param_groups[0]["lr"]
+            bar = tqdm(
+                total=len(train_labels),
+                initial=epoch_progress.seen,
+                unit="img",
+                leave=False,
+                desc=f"epoch {epoch}/{config.epochs}",
+                disable=not progress,
             )
-        seconds = time.perf_counter() - start
-        val_loss, val_acc = evaluate(model, val_images, val_labels, config.eval_batch_size)
-        stats = EpochStats(
-            epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, len(train_labels) / seconds
-        )
-        history.append(stats)
-        log(
-            f"epoch {epoch:>2}/{config.epochs}  loss {train_loss:.4f}  acc {train_acc:.4f}  "
-            f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  lr {lr:.2e}  "
-            f"{stats.images_per_second:,.0f} img/s  {seconds:.0f}s"
-        )
-        change = scheduler.step(val_acc)
-        if change:
+            with bar:
+                finished = train_one_epoch(
+                    model,
+                    optimizer,
+                    train_images,
+                    train_labels,
+                    config,
+                    state.generator,
+                    epoch_progress,
+                    stop,
+                    bar,
+                )
+            if not finished:
+                save_state(state_path, state, config.to_dict())
+                raise TrainingInterrupted(
+                    f"stopped by {stop.signal_name} in epoch {epoch}, batch {epoch_progress.step}; "
+                    f"the run is saved in {state_path}. Continue it with --resume --out {run_dir}."
+                )
+            val_loss, val_acc = evaluate(model, val_images, val_labels, config.eval_batch_size)
+            stats = EpochStats(
+                epoch=epoch,
+                train_loss=epoch_progress.loss_sum / epoch_progress.seen,
+                train_accuracy=epoch_progress.correct / epoch_progress.seen,
+                val_loss=val_loss,
+                val_accuracy=val_acc,
+                lr=lr,
+                seconds=epoch_progress.seconds,
+                images_per_second=epoch_progress.seen / epoch_progress.seconds,
+            )
+            state.history.append(stats)
+            state.in_progress = None
             log(
-                f"epoch {epoch:>2}: validation accuracy has not improved for "
-                f"{config.plateau_patience} epochs; learning rate {change[0]:.2e} -> {change[1]:.2e}"
+                f"epoch {epoch:>2}/{config.epochs}  loss {stats.train_loss:.4f}  "
+                f"acc {stats.train_accuracy:.4f}  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  "
+                f"lr {lr:.2e}  {stats.images_per_second:,.0f} img/s  {stats.seconds:.0f}s"
             )
-        if val_acc > best_val_accuracy:
-            best_val_accuracy, best_epoch = val_acc, epoch
-            checkpoint.save_model(
-                run_dir / "model.safetensors",
-                model,
-                {**metadata, "epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss},
-            )
-        _save_state(state_path, config, model, optimizer, scheduler, generator, history)
-        write_atomic(
-            run_dir / "history.jsonl",
-            "".join(json.dumps(asdict(s)) + "\n" for s in history).encode(),
-        )
+            change = state.scheduler.step(val_acc)
+            if change:
+                log(
+                    f"epoch {epoch:>2}: validation accuracy has not improved for "
+                    f"{config.plateau_patience} epochs; learning rate {change[0]:.2e} -> {change[1]:.2e}"
+                )
+            if val_acc > best_val_accuracy:
+                best_val_accuracy, best_epoch = val_acc, epoch
+                checkpoint.save_model(
+                    run_dir / "model.safetensors",
+                    model,
+                    {**metadata, "epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss},
+                )
+            save_state(state_path, state, config.to_dict())
+            history_lines = "".join(json.dumps(asdict(s)) + "\n" for s in state.history)
+            write_atomic(run_dir / "history.jsonl", history_lines.encode())
 
     best_model = checkpoint.load_model(run_dir / "model.safetensors", device).model
-    return FitResult(best_model, history, best_epoch, best_val_accuracy, sum(s.seconds for s in history))
-
-
-def _save_state(
-    path: Path,
-    config: TrainConfig,
-    model: DigitNet,
-    optimizer: torch.optim.Optimizer,
-    scheduler: PlateauScheduler,
-    generator: torch.Generator,
-    history: list[EpochStats],
-) -> None:
-    """Everything needed to continue exactly where this epoch ended."""
-    tensors = checkpoint.model_tensors(model)
-    opt_state = optimizer.state_dict()
-    for index, state in opt_state["state"].items():
-        for key, value in state.items():
-            tensors[f"{checkpoint.OPTIMIZER_PREFIX}{index}.{key}"] = torch.as_tensor(value)
-    tensors[checkpoint.RNG_PREFIX + "torch"] = torch.get_rng_state()
-    tensors[checkpoint.RNG_PREFIX + "generator"] = generator.get_state()
-    if torch.cuda.is_available():
-        tensors[checkpoint.RNG_PREFIX + "cuda"] = torch.cuda.get_rng_state()
-    metadata = {
-        "train_config": config.to_dict(),
-        "model_config": model.config.to_dict(),
-        "optimizer_param_groups": opt_state["param_groups"],
-        "scheduler": scheduler.state_dict(),
-        "history": [asdict(s) for s in history],
-        "environment": checkpoint.environment(),
-    }
-    checkpoint.save(path, tensors, metadata)
-
-
-def _restore(
-    path: Path,
-    config: TrainConfig,
-    model: DigitNet,
-    optimizer: torch.optim.Optimizer,
-    scheduler: PlateauScheduler,
-    generator: torch.Generator,
-    device: torch.device,
-) -> list[EpochStats]:
-    tensors, metadata = checkpoint.read(path)
-    saved = metadata.get("train_config", {})
-    wanted = json.loads(json.dumps(config.to_dict()))  # tuples become lists, as when saved
-    if saved != wanted:
-        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-        raise CheckpointError(
-            f"{path} was made with other settings ({', '.join(changed)} differ). "
-            "Resume with the same options, or start a new run in another --out directory."
-        )
-    model.load_state_dict(checkpoint.build_model(tensors, metadata, path).state_dict())
-    opt_state: dict[str, Any] = {"state": {}, "param_groups": metadata["optimizer_param_groups"]}
-    for key, value in tensors.items():
-        if key.startswith(checkpoint.OPTIMIZER_PREFIX):
-            index, name = key[len(checkpoint.OPTIMIZER_PREFIX) :].split(".", 1)
-            opt_state["state"].setdefault(int(index), {})[name] = value.to(device)
-    optimizer.load_state_dict(opt_state)
-    scheduler.load_state_dict(metadata["scheduler"])
-    torch.set_rng_state(tensors[checkpoint.RNG_PREFIX + "torch"])
-    generator.set_state(tensors[checkpoint.RNG_PREFIX + "generator"])
-    if torch.cuda.is_available() and checkpoint.RNG_PREFIX + "cuda" in tensors:
-        torch.cuda.set_rng_state(tensors[checkpoint.RNG_PREFIX + "cuda"])
-    return [EpochStats(**s) for s in metadata["history"]]
+    return FitResult(
+        best_model, state.history, best_epoch, best_val_accuracy, sum(s.seconds for s in state.history)
+    )
 
 
 def recipe(name: str, **overrides: Any) -> TrainConfig:
@@ -352,4 +333,4 @@ def recipe(name: str, **overrides: Any) -> TrainConfig:
     return replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
-__all__ = ["RECIPES", "FitResult", "Split", "TrainConfig", "evaluate", "fit", "train_one_epoch"]
+__all__ = ["RECIPES", "EpochStats", "FitResult", "Split", "TrainConfig", "evaluate", "fit", "train_one_epoch"]

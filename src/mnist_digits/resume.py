@@ -1,0 +1,159 @@
+"""Resumable training: the full training state in one checkpoint file, and clean stops.
+
+A checkpoint holds the weights, the optimizer's moments, the scheduler, the random-number
+generators, the history and, when a run was stopped mid-epoch, the epoch's shuffled order
+and how far it got. Restoring all of it makes a resumed run identical to an uninterrupted
+one on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint
+from .errors import CheckpointError, MnistDigitsError
+from .model import DigitNet
+
+EPOCH_PREFIX = "epoch."  # tensors of an epoch in progress
+
+
+class TrainingInterrupted(MnistDigitsError):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving a resumable checkpoint."""
+
+
+@dataclass
+class EpochStats:
+    """One finished epoch's metrics: a line of history.jsonl."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float  # learning rate used during this epoch
+    seconds: float  # wall time of the epoch's training steps
+    images_per_second: float  # training throughput, augmentation included
+
+
+@dataclass
+class EpochProgress:
+    """How far the current epoch got, so that an interrupted one continues at the same batch."""
+
+    order: torch.Tensor  # this epoch's shuffled image indices
+    step: int = 0  # batches finished
+    loss_sum: float = 0.0  # sum of per-image losses so far
+    correct: int = 0  # correctly classified images so far
+    seen: int = 0  # images trained on so far
+    seconds: float = 0.0  # training time spent on this epoch so far
+
+    def scalars(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "order"}
+
+
+@dataclass
+class TrainingState:
+    """What `fit` needs besides the config and the data to continue a run."""
+
+    model: DigitNet
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # train.PlateauScheduler (typed loosely to keep the import one-way)
+    generator: torch.Generator  # shuffling and augmentation
+    history: list[EpochStats]  # one entry per finished epoch
+    in_progress: EpochProgress | None = None  # set when stopped mid-epoch
+
+
+def save_state(path: Path, state: TrainingState, train_config: dict[str, Any]) -> None:
+    """Everything needed to continue exactly where training stands, written atomically."""
+    tensors = checkpoint.model_tensors(state.model)
+    optimizer_state = state.optimizer.state_dict()
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            tensors[f"{checkpoint.OPTIMIZER_PREFIX}{index}.{key}"] = torch.as_tensor(value)
+    tensors[checkpoint.RNG_PREFIX + "torch"] = torch.get_rng_state()
+    tensors[checkpoint.RNG_PREFIX + "generator"] = state.generator.get_state()
+    if torch.cuda.is_available():
+        tensors[checkpoint.RNG_PREFIX + "cuda"] = torch.cuda.get_rng_state()
+    progress = None
+    if state.in_progress is not None:
+        tensors[EPOCH_PREFIX + "order"] = state.in_progress.order
+        progress = state.in_progress.scalars()
+    metadata = {
+        "train_config": train_config,
+        "model_config": state.model.config.to_dict(),
+        "optimizer_param_groups": optimizer_state["param_groups"],
+        "scheduler": state.scheduler.state_dict(),
+        "history": [asdict(h) for h in state.history],
+        "epoch_in_progress": progress,
+    }
+    checkpoint.save(path, tensors, {**metadata, "environment": checkpoint.environment()})
+
+
+def restore_state(path: Path, state: TrainingState, train_config: dict[str, Any]) -> None:
+    """Load a checkpoint into `state`, refusing one made with other settings."""
+    tensors, metadata = checkpoint.read(path)
+    saved = metadata.get("train_config", {})
+    wanted = json.loads(json.dumps(train_config))  # tuples become lists, as when saved
+    if saved != wanted:
+        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        raise CheckpointError(
+            f"{path} was made with other settings ({', '.join(changed)} differ). "
+            "Resume with the same options, or start a new run in another --out directory."
+        )
+    device = next(state.model.parameters()).device
+    state.model.load_state_dict(checkpoint.build_model(tensors, metadata, path).state_dict())
+    optimizer_state: dict[str, Any] = {"state": {}, "param_groups": metadata["optimizer_param_groups"]}
+    for key, value in tensors.items():
+        if key.startswith(checkpoint.OPTIMIZER_PREFIX):
+            index, name = key[len(checkpoint.OPTIMIZER_PREFIX) :].split(".", 1)
+            optimizer_state["state"].setdefault(int(index), {})[name] = value.to(device)
+    state.optimizer.load_state_dict(optimizer_state)
+    state.scheduler.load_state_dict(metadata["scheduler"])
+    torch.set_rng_state(tensors[checkpoint.RNG_PREFIX + "torch"])
+    state.generator.set_state(tensors[checkpoint.RNG_PREFIX + "generator"])
+    if torch.cuda.is_available() and checkpoint.RNG_PREFIX + "cuda" in tensors:
+        torch.cuda.set_rng_state(tensors[checkpoint.RNG_PREFIX + "cuda"])
+    state.history = [EpochStats(**h) for h in metadata["history"]]
+    progress = metadata.get("epoch_in_progress")
+    state.in_progress = (
+        EpochProgress(order=tensors[EPOCH_PREFIX + "order"].to(device), **progress) if progress else None
+    )
+
+
+class StopRequest:
+    """Set by Ctrl-C or SIGTERM; the training loop checks it between batches."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal_name is not None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Turn the first SIGINT/SIGTERM into a stop request; a second Ctrl-C interrupts at once."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # signal handlers can only be installed from the main thread
+        return
+
+    def handle(signum: int, frame: object) -> None:
+        if request and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now, without saving
+        request.signal_name = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
