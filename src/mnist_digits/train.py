@@ -18,11 +18,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .augment import AugmentConfig, random_affine
 from .data import Mnist, Split, split_validation, to_tensors
+from .distributed import SINGLE_PROCESS, Cluster
 from .errors import MnistDigitsError
 from .files import write_atomic
 from .model import DigitNet, ModelConfig
@@ -94,7 +96,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def train_one_epoch(
-    model: DigitNet,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -103,10 +105,13 @@ def train_one_epoch(
     progress: EpochProgress,
     stop: StopRequest | None = None,
     bar: tqdm | None = None,
+    cluster: Cluster = SINGLE_PROCESS,
 ) -> bool:
     """Train on shuffled, augmented batches from `progress.step` on, updating `progress`.
 
-    Returns True when the epoch is complete, False when `stop` was requested first.
+    Returns True when the epoch is complete, False when `stop` was requested first. With
+    several processes, every one draws the same global batch and augments it the same way
+    (so their random generators stay in step), then trains on its own share of it.
     """
     model.train()
     n = len(progress.order)
@@ -116,14 +121,15 @@ def train_one_epoch(
     steps = range(progress.step * config.batch_size, n, config.batch_size)
     finished = True
     for step, first in enumerate(steps, start=progress.step):
-        if stop:
+        if distributed.any_all(bool(stop), cluster, images.device):
             finished = False
             break
         index = progress.order[first : first + config.batch_size]
-        if len(index) < 2:
+        if len(index) < 2 * cluster.world_size:
             break  # BatchNorm cannot normalize a batch of one
         batch = random_affine(images[index], config.augment, generator)
-        batch = batch.contiguous(memory_format=torch.channels_last)
+        share = slice(cluster.rank, None, cluster.world_size)
+        batch, index = batch[share].contiguous(memory_format=torch.channels_last), index[share]
         logits = model(batch)
         loss = F.cross_entropy(logits, labels[index])
         optimizer.zero_grad(set_to_none=True)
@@ -208,12 +214,17 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
+    cluster: Cluster = SINGLE_PROCESS,
 ) -> FitResult:
     """Train on data.train minus a held-out validation split; never looks at data.test.
 
     Ctrl-C or SIGTERM stops at the next batch, saves a resumable checkpoint and raises
-    TrainingInterrupted; `resume=True` continues from the checkpoint in `run_dir`.
+    TrainingInterrupted; `resume=True` continues from the checkpoint in `run_dir`. Under
+    torchrun (`cluster` from distributed.join) each process trains on its share of every
+    batch and only the main one prints and writes files.
     """
+    if not cluster.is_main:
+        log, progress = (lambda message: None), False
     device = device or pick_device()
     run_dir = Path(run_dir)
     state_path = run_dir / "checkpoint.safetensors"
@@ -231,6 +242,10 @@ def fit(
 
     torch.manual_seed(config.seed)  # weights and dropout
     model = DigitNet(config.model).to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    train_model: torch.nn.Module = model
+    if cluster.distributed:
+        torch.manual_seed(config.seed + cluster.rank)  # each process its own dropout masks
+        train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=config.rho, eps=config.eps)
     state = TrainingState(
         model=model,
@@ -269,7 +284,7 @@ def fit(
             )
             with bar:
                 finished = train_one_epoch(
-                    model,
+                    train_model,
                     optimizer,
                     train_images,
                     train_labels,
@@ -278,23 +293,30 @@ def fit(
                     epoch_progress,
                     stop,
                     bar,
+                    cluster,
                 )
             if not finished:
-                save_state(state_path, state, config.to_dict())
+                if cluster.is_main:
+                    save_state(state_path, state, config.to_dict())
+                distributed.barrier(cluster)
                 raise TrainingInterrupted(
                     f"stopped by {stop.signal_name} in epoch {epoch}, batch {epoch_progress.step}; "
                     f"the run is saved in {state_path}. Continue it with --resume --out {run_dir}."
                 )
+            distributed.sync_buffers(model, cluster)  # every process validates the same network
             val_loss, val_acc = evaluate(model, val_images, val_labels, config.eval_batch_size)
+            loss_sum, correct, seen = distributed.sum_all(
+                [epoch_progress.loss_sum, epoch_progress.correct, epoch_progress.seen], cluster, device
+            )
             stats = EpochStats(
                 epoch=epoch,
-                train_loss=epoch_progress.loss_sum / epoch_progress.seen,
-                train_accuracy=epoch_progress.correct / epoch_progress.seen,
+                train_loss=loss_sum / seen,
+                train_accuracy=correct / seen,
                 val_loss=val_loss,
                 val_accuracy=val_acc,
                 lr=lr,
                 seconds=epoch_progress.seconds,
-                images_per_second=epoch_progress.seen / epoch_progress.seconds,
+                images_per_second=seen / epoch_progress.seconds,
             )
             state.history.append(stats)
             state.in_progress = None
@@ -311,6 +333,9 @@ def fit(
                 )
             if val_acc > best_val_accuracy:
                 best_val_accuracy, best_epoch = val_acc, epoch
+            if not cluster.is_main:
+                continue
+            if best_epoch == epoch:
                 checkpoint.save_model(
                     run_dir / "model.safetensors",
                     model,
@@ -320,6 +345,7 @@ def fit(
             history_lines = "".join(json.dumps(asdict(s)) + "\n" for s in state.history)
             write_atomic(run_dir / "history.jsonl", history_lines.encode())
 
+    distributed.barrier(cluster)  # the main process has written the files
     best_model = checkpoint.load_model(run_dir / "model.safetensors", device).model
     return FitResult(
         best_model, state.history, best_epoch, best_val_accuracy, sum(s.seconds for s in state.history)
