@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
@@ -72,6 +73,7 @@ def misclassified_png(
             color="#b00020",
         )
     total = int((evaluation.predictions != labels).sum())
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     figure.suptitle(
         f"Misclassified test digits ({len(wrong)} of {total} shown; #index true→predicted, confidence)",
         fontsize=10,
@@ -90,12 +92,14 @@ def curves_png(history: Sequence[dict], path: Path) -> Path:
     acc_ax.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train")
     acc_ax.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="validation")
     acc_ax.set_title("accuracy")
-    acc_ax.set_ylim(max(0.9, min(h["train_accuracy"] for h in history) - 0.005), 1.0)
+    lowest = min(min(h["train_accuracy"], h["val_accuracy"]) for h in history)
+    acc_ax.set_ylim(max(0.0, lowest - 0.005), 1.0)
     lr_ax.step(epochs, [h["lr"] for h in history], where="post", color="tab:green")
     lr_ax.set_yscale("log")
     lr_ax.set_title("learning rate")
     for axes in (loss_ax, acc_ax, lr_ax):
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
     loss_ax.legend()
     acc_ax.legend()
