@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_digits.model import DigitNet, ModelConfig, feature_size, format_summary, summarize
+from mnist_digits.model import DigitNet, ModelConfig, feature_size, format_summary, forward_flops, summarize
 
 
 def test_parameter_counts_match_the_keras_summary():
@@ -76,3 +76,16 @@ def test_config_roundtrip_and_other_sizes():
     model = DigitNet(config)
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert summarize(model).total_params < 730_602
+
+
+def test_forward_flops_counts_convolutions_and_dense_layers():
+    by_hand = (
+        2 * 1 * 9 * 32 * 26 * 26  # conv 1
+        + 2 * 32 * 9 * 32 * 24 * 24  # conv 2
+        + 2 * 32 * 9 * 64 * 12 * 12  # conv 3
+        + 2 * 64 * 9 * 64 * 12 * 12  # conv 4
+        + 2 * 64 * 9 * 128 * 6 * 6  # conv 5
+        + 2 * 4608 * 128  # dense
+        + 2 * 128 * 10  # classifier
+    )
+    assert forward_flops(DigitNet()) == by_hand == 33_422_080

@@ -157,3 +157,26 @@ def format_summary(summary: ModelSummary) -> str:
         rule,
     ]
     return "\n".join(lines)
+
+
+def forward_flops(model: nn.Module) -> int:
+    """Floating-point operations (multiply and add counted apart) of one image's forward pass.
+
+    Counts the convolutions and dense layers, which are nearly all of the work; a training
+    step costs about three times this (forward, and two matrix products backward).
+    """
+    flops = 0
+    x = torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for layer in model.children():
+            y = layer(x)
+            if isinstance(layer, nn.Conv2d):
+                per_output = 2 * layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+                flops += per_output * y.numel()
+            elif isinstance(layer, nn.Linear):
+                flops += 2 * layer.in_features * layer.out_features
+            x = y
+    model.train(was_training)
+    return flops
