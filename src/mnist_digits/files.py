@@ -36,6 +36,18 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
+def ensure_writable_dir(directory: Path) -> Path:
+    """Create `directory` if needed and prove it takes files, before any long work starts."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MnistDigitsError(_explain_write_error(directory, e)) from e
+    write_atomic(directory / ".write-test", b"ok")
+    (directory / ".write-test").unlink()
+    return directory
+
+
 def write_atomic(path: Path, content: bytes) -> None:
     """Write `content` to `path` atomically (see `atomic_writer`)."""
     with atomic_writer(path) as f:

@@ -26,7 +26,7 @@ from .augment import AugmentConfig, random_affine
 from .data import Mnist, Split, split_validation, to_tensors
 from .distributed import SINGLE_PROCESS, Cluster
 from .errors import MnistDigitsError
-from .files import write_atomic
+from .files import ensure_writable_dir, write_atomic
 from .model import DigitNet, ModelConfig
 from .resume import (
     EpochProgress,
@@ -235,6 +235,8 @@ def fit(
         )
     if resume and not state_path.exists():
         raise MnistDigitsError(f"--resume: {state_path} does not exist; nothing to resume.")
+    if cluster.is_main:
+        ensure_writable_dir(run_dir)  # fail now, not after the first epoch
 
     train_split, val_split = split_validation(data.train, config.val_fraction, config.seed)
     train_images, train_labels = to_tensors(train_split, device)
@@ -264,7 +266,6 @@ def fit(
     best_epoch, best_val_accuracy = (best.epoch, best.val_accuracy) if best else (0, -math.inf)
 
     metadata = {"train_config": config.to_dict(), "data_sha256": data.sha256, "device": str(device)}
-    run_dir.mkdir(parents=True, exist_ok=True)
     with stop_on_signals() as stop:
         for epoch in range(len(state.history) + 1, config.epochs + 1):
             if state.in_progress is None:
