@@ -1,0 +1,139 @@
+"""Export to ONNX (dynamic batch size), checked against PyTorch, and int8 quantization.
+
+The exported graph takes `images` (N, 1, 28, 28) float32 in [0, 1] and returns `logits`
+(N, 10), like DigitNet in eval mode. ONNX Runtime runs it without PyTorch installed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import MnistDigitsError
+from .files import write_atomic
+from .model import IMAGE_SIZE
+
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+class ExportError(MnistDigitsError):
+    """The model could not be exported, or the export does not compute what PyTorch does."""
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ExportError("ONNX support needs the optional packages: pip install 'mnist-digits[onnx]'") from e
+    return onnxruntime
+
+
+def export_onnx(model: torch.nn.Module, path: Path, opset: int = 18) -> Path:
+    """Write the model as ONNX with a dynamic batch dimension (atomically)."""
+    model = model.cpu().eval()
+    example = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    try:
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            opset_version=opset,
+            verbose=False,
+        )
+    except ImportError as e:
+        raise ExportError(
+            f"ONNX export needs onnx and onnxscript: pip install 'mnist-digits[onnx]' ({e})."
+        ) from e
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program")
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "model.onnx"
+        program.save(str(staged), external_data=False)
+        write_atomic(Path(path), staged.read_bytes())
+    return Path(path)
+
+
+@dataclass
+class OnnxModel:
+    """An ONNX Runtime session that maps images to logits."""
+
+    session: object  # onnxruntime.InferenceSession
+    path: Path
+
+    @classmethod
+    def load(cls, path: Path, threads: int | None = None) -> OnnxModel:
+        ort = _onnxruntime()
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types for unreadable models
+            raise ExportError(f"{path}: not a loadable ONNX model ({e}).") from e
+        return cls(session, Path(path))
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Logits (N, 10) for float32 images (N, 1, 28, 28)."""
+        batch = np.ascontiguousarray(images, dtype=np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]  # type: ignore[attr-defined]
+
+
+def max_difference(onnx_model: OnnxModel, model: torch.nn.Module, images: np.ndarray) -> float:
+    """Largest absolute difference between ONNX and PyTorch logits on `images`."""
+    with torch.inference_mode():
+        expected = model.cpu().eval()(torch.from_numpy(images)).numpy()
+    return float(np.abs(onnx_model.logits(images) - expected).max())
+
+
+def check_export(
+    onnx_model: OnnxModel, model: torch.nn.Module, images: np.ndarray, tolerance: float
+) -> float:
+    """Raise ExportError unless ONNX and PyTorch agree within `tolerance` on `images`."""
+    difference = max_difference(onnx_model, model, images)
+    if difference > tolerance:
+        raise ExportError(
+            f"{onnx_model.path}: ONNX logits differ from PyTorch by {difference:.2e} "
+            f"(tolerance {tolerance:.0e}); the export is wrong, do not use it."
+        )
+    return difference
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, batch_size: int = 64) -> Path:
+    """Static int8 quantization (QDQ, per-channel weights) calibrated on `calibration` images."""
+    _onnxruntime()
+    from onnxruntime import quantization as q
+
+    class Batches(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches: Iterator[np.ndarray] = (
+                calibration[i : i + batch_size] for i in range(0, len(calibration), batch_size)
+            )
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared, staged = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        q.quant_pre_process(str(fp32_path), str(prepared))
+        q.quantize_static(
+            str(prepared),
+            str(staged),
+            Batches(),
+            quant_format=q.QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8,
+            calibrate_method=q.CalibrationMethod.MinMax,
+        )
+        write_atomic(Path(int8_path), staged.read_bytes())
+    return Path(int8_path)

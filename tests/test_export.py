@@ -1,0 +1,52 @@
+"""ONNX export and int8 quantization of the real models, checked against PyTorch."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from mnist_digits import data, pretrained
+from mnist_digits.errors import MnistDigitsError
+from mnist_digits.export import OnnxModel, check_export, export_onnx, quantize_int8
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, mnist):
+    model = pretrained.load("reference").model
+    folder = tmp_path_factory.mktemp("onnx")
+    fp32 = export_onnx(model, folder / "reference.onnx")
+    calibration = data.to_tensors(data.Split(mnist.train.images[:256], mnist.train.labels[:256]))[0].numpy()
+    int8 = quantize_int8(fp32, folder / "reference-int8.onnx", calibration)
+    return model, OnnxModel.load(fp32), OnnxModel.load(int8)
+
+
+def test_onnx_matches_pytorch_for_any_batch_size(exported, mnist):
+    model, fp32, _ = exported
+    images = data.to_tensors(data.Split(mnist.test.images[:300], mnist.test.labels[:300]))[0].numpy()
+    for batch in (1, 7, 300):
+        assert check_export(fp32, model, images[:batch], tolerance=1e-4) < 1e-4
+
+
+def test_int8_model_keeps_the_accuracy(exported, mnist):
+    _, fp32, int8 = exported
+    images, labels = data.to_tensors(data.Split(mnist.test.images[:2000], mnist.test.labels[:2000]))
+    x, y = images.numpy(), labels.numpy()
+    accuracy_fp32 = (fp32.logits(x).argmax(1) == y).mean()
+    accuracy_int8 = (int8.logits(x).argmax(1) == y).mean()
+    assert accuracy_fp32 > 0.99
+    assert accuracy_int8 >= accuracy_fp32 - 0.002  # at most 4 of 2,000 digits change
+    assert int8.path.stat().st_size < fp32.path.stat().st_size / 3
+
+
+def test_a_broken_onnx_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(b"not a model")
+    with pytest.raises(MnistDigitsError, match="not a loadable ONNX model"):
+        OnnxModel.load(path)
+
+
+def test_export_is_refused_when_outputs_differ(exported, mnist):
+    model, fp32, _ = exported
+    images = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    with pytest.raises(MnistDigitsError, match="differ from PyTorch"):
+        check_export(fp32, model, images, tolerance=0.0)
