@@ -2,6 +2,11 @@
 
 import itertools
 import os
+import queue
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -196,3 +201,132 @@ def http_server() -> Iterator[LoopbackServer]:
     server.httpd.shutdown()
     server.httpd.server_close()
     thread.join(timeout=5)
+
+
+# --- the web server (test_serve.py, test_browser.py) --------------------------------------------
+
+
+class RunningServer:
+    """`mnist-digits serve` in a subprocess on a free loopback port; its output is kept in `log`."""
+
+    def __init__(self, model: Path | str, feedback_db: Path, *options: str) -> None:
+        command = [sys.executable, "-m", "mnist_digits", "serve", "--port", "0", "--device", "cpu"]
+        command += ["--model", str(model), "--feedback-db", str(feedback_db), *options]
+        self.feedback_db = feedback_db
+        self.log: list[str] = []
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read_output, args=(lines,), daemon=True).start()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                self.stop()
+                raise RuntimeError("the server did not start within 120 s:\n" + "".join(self.log)) from None
+            if line is None:
+                self.stop()
+                raise RuntimeError("the server exited while starting:\n" + "".join(self.log))
+            match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+            if match:
+                self.url = f"http://127.0.0.1:{match[1]}"
+                return
+
+    def _read_output(self, lines: queue.Queue[str | None]) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.log.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)  # as Ctrl-C: uvicorn shuts down gracefully
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained small network in a model file: answers are meaningless but well-formed, and fast."""
+    import torch
+
+    from mnist_digits import checkpoint
+    from mnist_digits.model import DigitNet, ModelConfig
+
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    torch.manual_seed(0)
+    model = DigitNet(ModelConfig(channels=(4, 8, 8), hidden=16))
+    checkpoint.save_model(path, model, {"note": "untrained, for tests"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_model() -> str:
+    """The shipped reference model's name, else the file a local `make train` wrote; skipped if neither."""
+    from mnist_digits import pretrained
+
+    if "reference" in pretrained.available():
+        return "reference"
+    local = REPO / "runs" / "reference" / "model.safetensors"
+    if local.is_file():
+        return str(local)
+    pytest.skip("no trained model: the package ships none yet and runs/reference/model.safetensors is absent")
+
+
+# --- people's images: test_images, test_preprocess, test_predict, test_kaggle, test_cli_predict --
+
+REALISTIC_COUNT = 300  # MNIST test digits per kind of realistic input in the accuracy tests
+
+
+@pytest.fixture(scope="session")
+def reference_model_path() -> str:
+    """The shipped reference model's file, or a skip while none ships.
+
+    $MNIST_DIGITS_TEST_MODEL names another model file instead (to tune before a model ships).
+    """
+    from mnist_digits import pretrained
+
+    override = os.environ.get("MNIST_DIGITS_TEST_MODEL")
+    if override:
+        return override
+    shipped = pretrained.available().get("reference")
+    if shipped is None:
+        pytest.skip("no shipped reference model (src/mnist_digits/pretrained/reference.safetensors) yet")
+    return str(shipped)
+
+
+@pytest.fixture(scope="session")
+def reference_recognizer(reference_model_path: str):  # -> mnist_digits.predict.Recognizer
+    """The shipped reference model (see reference_model_path) as a Recognizer on the CPU."""
+    from mnist_digits.predict import load_model
+
+    return load_model(reference_model_path)
+
+
+@pytest.fixture(scope="session")
+def test_digits(mnist: data.Mnist) -> data.Split:
+    """The first REALISTIC_COUNT MNIST test digits: images the model never trained on."""
+    return data.Split(mnist.test.images[:REALISTIC_COUNT], mnist.test.labels[:REALISTIC_COUNT])
+
+
+@pytest.fixture(scope="session")
+def png_declaring() -> Callable[[int, int], bytes]:
+    """Factory: a 1x1 PNG whose header claims width x height, as a decompression bomb does."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def build(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("L", (1, 1)).save(buffer, format="PNG")
+        content = bytearray(buffer.getvalue())
+        content[16:24] = struct.pack(">II", width, height)  # IHDR data: after signature, length, type
+        content[29:33] = struct.pack(">I", zlib.crc32(bytes(content[12:29])))
+        return bytes(content)
+
+    return build

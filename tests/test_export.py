@@ -50,3 +50,14 @@ def test_export_is_refused_when_outputs_differ(exported, mnist):
     images = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
     with pytest.raises(MnistDigitsError, match="differ from PyTorch"):
         check_export(fp32, model, images, tolerance=0.0)
+
+
+def test_export_command_writes_checked_fp32_and_int8_models(tmp_path, monkeypatch, mnist_dir, capsys):
+    from mnist_digits.cli import main
+
+    monkeypatch.setenv("MNIST_DIGITS_DATA", str(mnist_dir))
+    assert main(["export", "--int8", "-o", str(tmp_path / "reference.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "reference.onnx").is_file() and (tmp_path / "reference-int8.onnx").is_file()
+    accuracies = [float(line.split()[-1].rstrip("%")) for line in out.splitlines() if "test accuracy" in line]
+    assert len(accuracies) == 2 and accuracies[0] >= 99.55 and accuracies[1] >= accuracies[0] - 0.05

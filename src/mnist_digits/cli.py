@@ -8,10 +8,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import __version__, data
+from . import __version__, data, distributed
 from .errors import MnistDigitsError
 from .resume import TrainingInterrupted
+
+if TYPE_CHECKING:
+    from .predict import Recognizer
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -50,6 +54,7 @@ def _model_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .predict import DEFAULT_THRESHOLD
     from .train import RECIPES
 
     parser = argparse.ArgumentParser(
@@ -106,9 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument(
-        "--dry-run", action="store_true", help="smoke test: 1 epoch on the first 2,000 training images"
+        "--dry-run",
+        action="store_true",
+        help="smoke test: train on the first 2,000 training images only, 1 epoch unless --epochs",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.add_argument(
+        "--extra-idx",
+        type=Path,
+        metavar="DIR",
+        help="add these samples to the training images: a directory written by `feedback export`",
+    )
+    p.add_argument(
+        "--train-csv",
+        type=Path,
+        metavar="CSV",
+        help="train on Kaggle Digit Recognizer's train.csv instead of MNIST; accuracy is then reported "
+        "on its held-out validation split, as Kaggle's digits include MNIST's test images",
+    )
     _device_option(p)
 
     p = commands.add_parser(
@@ -125,6 +145,110 @@ def build_parser() -> argparse.ArgumentParser:
     _device_option(p)
 
     commands.add_parser("models", help="list the models shipped with the package")
+
+    p = commands.add_parser(
+        "export",
+        parents=[data_opts],
+        help="export a model to ONNX (optionally int8)",
+        description="Write the model as ONNX with a dynamic batch size, check its outputs against "
+        "PyTorch, and report its test accuracy; --int8 also writes a quantized copy calibrated on "
+        "training images. Needs the [onnx] extra.",
+    )
+    _model_option(p)
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: onnx)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="where to write (default: MODEL_NAME.onnx in the current directory)",
+    )
+    p.add_argument("--int8", action="store_true", help="also write FILE-int8.onnx, statically quantized")
+
+    p = commands.add_parser(
+        "predict",
+        help="read the handwritten digit in each image (or the number, with --multi)",
+        description="Recognize digits in image files (PNG, JPEG, BMP, GIF, WebP, TIFF: photos, scans, "
+        "drawings, any size, ink darker or lighter than the paper), folders of them and globs. Each "
+        "image is first brought to MNIST's form: ink light on black, lighting and noise removed, "
+        "scaled to a 20 px box and centred by its mass in 28x28.",
+    )
+    p.add_argument(
+        "paths", nargs="*", metavar="PATH", help="image files, folders (the images in them) or globs"
+    )
+    _model_option(p)
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="machine-readable output")
+    output.add_argument("--csv", action="store_true", help="CSV output")
+    p.add_argument(
+        "--multi",
+        action="store_true",
+        help="each image holds a number: find its digits and read them left to right",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        metavar="P",
+        help=f"answers less probable than this are marked uncertain (default: {DEFAULT_THRESHOLD})",
+    )
+    p.add_argument(
+        "--save-inputs", type=Path, metavar="DIR", help="write the 28x28 images the model saw here (PNG)"
+    )
+    p.add_argument(
+        "--kaggle",
+        type=Path,
+        metavar="CSV",
+        help="Kaggle Digit Recognizer's test.csv: predict every row and write a submission to -o",
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, metavar="FILE", help="with --kaggle: the submission CSV to write"
+    )
+    _device_option(p)
+
+    p = commands.add_parser(
+        "serve",
+        help="serve the drawing page and the HTTP API",
+        description="A web page to draw a digit and see the answer live, and the HTTP API behind it "
+        "(docs at /docs). Listens on 127.0.0.1 only unless --host says otherwise.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: 8000)")
+    _model_option(p)
+    _device_option(p)
+    p.add_argument(
+        "--feedback-db",
+        type=Path,
+        metavar="FILE",
+        help="SQLite file for people's corrections (default: feedback.sqlite3 in the user data directory)",
+    )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="another web origin allowed to call the API from a browser, e.g. https://example.org "
+        "(repeatable; none by default)",
+    )
+
+    p = commands.add_parser(
+        "feedback",
+        help="export people's corrections from the server's database",
+        description="The corrections people gave on the drawing page, as MNIST-format IDX files.",
+    )
+    feedback_commands = p.add_subparsers(dest="feedback_command", required=True, metavar="ACTION")
+    p = feedback_commands.add_parser(
+        "export",
+        help="write the corrections as IDX files (for `train --extra-idx`)",
+        description="Write feedback-images-idx3-ubyte and feedback-labels-idx1-ubyte into --out.",
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the two files")
+    p.add_argument(
+        "--feedback-db",
+        type=Path,
+        metavar="FILE",
+        help="the server's SQLite file (default: feedback.sqlite3 in the user data directory)",
+    )
     return parser
 
 
@@ -136,6 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "models": cmd_models,
+        "export": cmd_export,
+        "predict": cmd_predict,
+        "serve": cmd_serve,
+        "feedback": cmd_feedback,
     }[args.command]
     try:
         return handler(args)
@@ -193,16 +321,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import fit, pick_device, recipe
 
     config = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    device = pick_device(args.device)
-    mnist = _load_data(args)
+    # Under torchrun: one process per GPU (or CPU share); the main one fetches data first.
+    cluster, device = distributed.join(pick_device(args.device))
+    if not cluster.is_main:
+        distributed.barrier(cluster)
+    mnist = _read_train_csv(args.train_csv) if args.train_csv else _load_data(args)
+    if cluster.is_main:
+        distributed.barrier(cluster)
     if args.dry_run:
-        config = replace(config, epochs=1)
+        config = replace(config, epochs=args.epochs or 1)
         mnist = replace(mnist, train=data.Split(mnist.train.images[:2000], mnist.train.labels[:2000]))
-    _stderr(
-        f"Training recipe '{config.recipe}' on {device} for {config.epochs} epochs "
-        f"(batch {config.batch_size}, seed {config.seed}); run directory {args.out}"
+    if args.extra_idx:
+        mnist = _add_training_samples(mnist, args.extra_idx)
+    if cluster.is_main:
+        _stderr(
+            f"Training recipe '{config.recipe}' on {device} for {config.epochs} epochs "
+            f"(batch {config.batch_size}, seed {config.seed}"
+            + (f", {cluster.world_size} processes" if cluster.distributed else "")
+            + f"); run directory {args.out}"
+        )
+    result = fit(
+        config,
+        mnist,
+        args.out,
+        device=device,
+        resume=args.resume,
+        progress=not args.no_progress,
+        cluster=cluster,
     )
-    result = fit(config, mnist, args.out, device=device, resume=args.resume, progress=not args.no_progress)
+    distributed.leave(cluster)
+    if not cluster.is_main:
+        return EXIT_OK
+    if args.train_csv:
+        # Kaggle's 42,000 digits are drawn from all 70,000 of MNIST's, its test set included: a
+        # score on that set would be inflated, so the held-out validation split is the measure.
+        print(
+            f"best epoch {result.best_epoch}: validation accuracy {result.best_val_accuracy:.4%} "
+            f"(held out from {args.train_csv.name})\n"
+            "not measured on MNIST's test set: Kaggle's digits include those images\n"
+            f"trained in {result.train_seconds / 60:.1f} min on {device}\n"
+            f"model: {args.out / 'model.safetensors'}"
+        )
+        return EXIT_OK
     # The official test set is used here, once, on the epoch chosen by validation accuracy.
     model_path = args.out / "model.safetensors"
     test = record_test_result(
@@ -254,11 +414,147 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .export import OnnxModel, check_export, export_onnx, quantize_int8
+    from .pretrained import load
+
+    loaded = load(args.model)
+    output = args.output or Path(f"{loaded.path.stem}.onnx")
+    mnist = _load_data(args)
+    test_images, test_labels = (t.numpy() for t in data.to_tensors(mnist.test))
+    paths = [export_onnx(loaded.model, output)]
+    difference = check_export(OnnxModel.load(paths[0]), loaded.model, test_images[:256], tolerance=1e-4)
+    print(f"wrote {paths[0]} (largest difference from PyTorch on 256 test images: {difference:.1e})")
+    if args.int8:
+        calibration = data.to_tensors(data.Split(mnist.train.images[:512], mnist.train.labels[:512]))[0]
+        paths.append(
+            quantize_int8(paths[0], output.with_name(f"{output.stem}-int8.onnx"), calibration.numpy())
+        )
+        print(f"wrote {paths[1]} (int8, calibrated on 512 training images)")
+    for path in paths:
+        model = OnnxModel.load(path)
+        logits = [model.logits(test_images[i : i + 1000]) for i in range(0, len(test_images), 1000)]
+        accuracy = float((np.concatenate(logits).argmax(1) == test_labels).mean())
+        print(f"{path.name}: test accuracy {accuracy:.4%}")
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .pretrained import available
 
     for name, path in available().items():
         print(f"{name:<12} {path}")
+    return EXIT_OK
+
+
+def _add_training_samples(mnist: data.Mnist, directory: Path) -> data.Mnist:
+    """MNIST with the samples of a `feedback export` directory added to its training split."""
+    import numpy as np
+
+    from .feedback import read_idx
+    from .files import sha256_hex
+    from .idx import encode_idx
+
+    extra = read_idx(directory)
+    _stderr(f"Adding {len(extra.labels):,} samples from {directory} to the training images.")
+    train = data.Split(
+        np.concatenate([mnist.train.images, extra.images]), np.concatenate([mnist.train.labels, extra.labels])
+    )
+    # Recorded in the model's metadata beside MNIST's checksums, so the model says what it saw.
+    sha256 = {
+        **mnist.sha256,
+        "extra-images": sha256_hex(encode_idx(extra.images)),
+        "extra-labels": sha256_hex(encode_idx(extra.labels)),
+    }
+    return replace(mnist, train=train, sha256=sha256)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeConfig, run
+
+    config = ServeConfig(
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        feedback_db=args.feedback_db,
+        allowed_origins=tuple(args.allow_origin),
+    )
+    run(config, announce=lambda line: print(line, flush=True))
+    return EXIT_OK
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from .feedback import FeedbackStore
+
+    store = FeedbackStore(args.feedback_db)
+    result = store.export_idx(args.out)
+    print(f"wrote {result.count:,} corrected samples from {store.path}:")
+    print(f"  {result.images}\n  {result.labels}")
+    return EXIT_OK
+
+
+def _read_train_csv(path: Path) -> data.Mnist:
+    from .kaggle import read_train_csv
+
+    return read_train_csv(path)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from . import predict
+    from .images import expand_paths
+
+    if not 0.0 <= args.threshold <= 1.0:
+        raise MnistDigitsError(f"--threshold {args.threshold} is not a probability; give one from 0 to 1.")
+    if args.kaggle and (args.paths or args.multi or not args.output):
+        raise MnistDigitsError("--kaggle takes test.csv and -o FILE (the submission); no PATHs, no --multi.")
+    if args.output and not args.kaggle:
+        raise MnistDigitsError("-o is for the Kaggle submission: use it with --kaggle test.csv.")
+    if not args.kaggle and not args.paths:
+        raise MnistDigitsError("give image files, folders or globs (or --kaggle test.csv -o submission.csv).")
+    recognizer = predict.load_model(args.model, args.device, args.threshold)
+    if args.kaggle:
+        return _predict_kaggle(recognizer, args.kaggle, args.output, args.threshold)
+
+    # Folders and globs that yield nothing keep their place in the output, as an error row.
+    entries = expand_paths(args.paths)
+    files = [path for path, problem in entries if problem is None]
+    results: Sequence[predict.Prediction | predict.NumberReading]
+    if args.multi:
+        read = iter(recognizer.read_number(files))
+        readings = [next(read) if p is None else predict.NumberReading.failure(s, p) for s, p in entries]
+        table, rows = predict.format_numbers(readings, args.threshold), predict.numbers_csv(readings)
+        results, digits = readings, [d for r in readings for d in r.digits]
+    else:
+        found = iter(recognizer.predict(files))
+        predictions = [next(found) if p is None else predict.Prediction.failure(s, p) for s, p in entries]
+        table = predict.format_predictions(predictions, args.threshold)
+        rows = predict.predictions_csv(predictions)
+        results, digits = predictions, predictions
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        print(rows if args.csv else table, end="" if args.csv else "\n")
+    if args.save_inputs:
+        written = predict.save_inputs(args.save_inputs, digits)
+        _stderr(f"wrote {len(written)} model inputs (28x28 PNG) to {args.save_inputs}")
+    failed = [r for r in results if r.error and r.error != predict.NO_DIGIT]
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _predict_kaggle(recognizer: Recognizer, test_csv: Path, output: Path, threshold: float) -> int:
+    import numpy as np
+
+    from .kaggle import read_test_csv, write_submission
+
+    images = read_test_csv(test_csv)
+    # Kaggle's rows are MNIST's format already (centred 28x28, white on black): no preprocessing.
+    probs = recognizer.probabilities(images.astype(np.float32) / 255.0)
+    write_submission(output, probs.argmax(1))
+    uncertain = int((probs.max(1) < threshold).sum())
+    print(f"wrote {len(probs):,} predictions to {output}; {uncertain} uncertain (below {threshold:.0%})")
     return EXIT_OK
 
 

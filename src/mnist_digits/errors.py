@@ -11,3 +11,7 @@ class DataError(MnistDigitsError):
 
 class CheckpointError(MnistDigitsError):
     """A model or checkpoint file is missing, corrupt, or from another architecture."""
+
+
+class InputError(MnistDigitsError):
+    """An image or CSV file given to predict or train cannot be used as it is."""

@@ -6,8 +6,11 @@ The exported graph takes `images` (N, 1, 28, 28) float32 in [0, 1] and returns `
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,21 +37,38 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Hide the exporters' progress chatter and deprecation notes; errors still raise."""
+    loggers = [logging.getLogger(name) for name in ("", "torch.onnx", "onnxruntime")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def export_onnx(model: torch.nn.Module, path: Path, opset: int = 18) -> Path:
     """Write the model as ONNX with a dynamic batch dimension (atomically)."""
     model = model.cpu().eval()
     example = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     try:
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            opset_version=opset,
-            verbose=False,
-        )
+        with quiet():
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                opset_version=opset,
+                verbose=False,
+            )
     except ImportError as e:
         raise ExportError(
             f"ONNX export needs onnx and onnxscript: pip install 'mnist-digits[onnx]' ({e})."
@@ -124,16 +144,17 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, bat
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared, staged = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        q.quant_pre_process(str(fp32_path), str(prepared))
-        q.quantize_static(
-            str(prepared),
-            str(staged),
-            Batches(),
-            quant_format=q.QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=q.QuantType.QUInt8,
-            weight_type=q.QuantType.QInt8,
-            calibrate_method=q.CalibrationMethod.MinMax,
-        )
+        with quiet():
+            q.quant_pre_process(str(fp32_path), str(prepared))
+            q.quantize_static(
+                str(prepared),
+                str(staged),
+                Batches(),
+                quant_format=q.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=q.QuantType.QUInt8,
+                weight_type=q.QuantType.QInt8,
+                calibrate_method=q.CalibrationMethod.MinMax,
+            )
         write_atomic(Path(int8_path), staged.read_bytes())
     return Path(int8_path)

@@ -1,0 +1,523 @@
+"""The one path from a person's image to what the model was trained on: an MNIST-like 28x28 digit.
+
+MNIST's digits are white ink on black; the ink's bounding box was scaled, keeping its aspect
+ratio and anti-aliased, to 20 px on its longest side, and placed in a 28x28 field with its
+centre of mass at the centre (row 14, column 14). A photo or a drawing is brought to that:
+
+1. grayscale with alpha composited (images.to_grayscale), shrunk to at most `work_side` px;
+2. polarity: the ink is the heavy tail on one side of a wide local median (the paper);
+3. the paper and its uneven lighting estimated around the ink (a masked blur) and removed,
+   relative to the paper's light for dark ink (shadow dims ink and paper alike);
+4. contrast scaled so that the strokes' core is 1; noise away from the strokes set to 0;
+5. ink blobs found as connected components; specks, and clutter at the border, dropped;
+6. strokes too thin for their size (a fine pen on a big canvas) thickened to MNIST's width;
+7. the ink's box scaled to 20 px on its longest side, centre of mass put at the centre of 28x28.
+
+`segment_digits` does steps 1-5 once, groups the blobs into digits, and 6-7 for each.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+
+from . import images
+
+EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)  # diagonal pixels connect strokes, as a pen draws them
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image is turned into the model's input. The defaults were tuned on benchmarks/real_world.py."""
+
+    work_side: int = 512  # px; larger images are shrunk to this longest side first (speed)
+    field: int = 28  # px; the output is field x field, as MNIST
+    box: int = 20  # px; the digit's longest side in the output, as MNIST
+    box_level: float = 0.25  # share of the strokes' level that counts as ink for the bounding box
+    lighting_grid: int = 32  # px; the paper's lighting is estimated on a grid this coarse
+    min_contrast: float = 0.12  # 0-1 gray; fainter marks than this are not ink
+    min_snr: float = 3.0  # the strokes must stand this many noise standard deviations above the paper
+    speck_fraction: float = 0.04  # ink blobs under this share of the largest blob's area are noise...
+    fragment_fraction: float = 0.002  # ...unless within the digit's box and at least this share
+    min_stroke: float = 1.6  # px in the output; thinner strokes get thickened (MNIST's 5th percentile)
+    target_stroke: float = 2.4  # px in the output; what thin strokes are thickened to (MNIST's median)
+
+
+DEFAULT_CONFIG = PreprocessConfig()
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A connected component of ink in the working image."""
+
+    label: int  # its value in InkMap.labels
+    top: int  # bounding box in working-image pixels; bottom and right exclusive
+    left: int
+    bottom: int
+    right: int
+    area: int  # pixels
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+
+@dataclass(frozen=True)
+class InkMap:
+    """An image's ink, light on black, with the paper, its lighting and its noise removed."""
+
+    ink: np.ndarray  # float32 (H, W) in [0, 1]: 1 is the strokes' core, 0 the paper
+    labels: np.ndarray  # int32 (H, W): connected components of the confident ink, 0 elsewhere
+    blobs: list[Blob]  # the components kept (specks and border clutter dropped)
+    scale: float  # working-image pixels per source pixel (<= 1)
+    fringe: int  # px; how far the ink's soft edge reaches beyond the labelled pixels
+
+
+@dataclass(frozen=True)
+class PreparedDigit:
+    """An image of one digit, ready for the model."""
+
+    image: np.ndarray  # float32 (28, 28): the model's input
+    digits_seen: int  # separate digits its ink seems to form; more than 1 means a number
+
+
+@dataclass(frozen=True)
+class DigitSegment:
+    """One digit found by `segment_digits`."""
+
+    box: tuple[int, int, int, int]  # left, top, right, bottom in the source image's pixels
+    image: np.ndarray  # float32 (28, 28): the model's input
+
+
+def preprocess(
+    source: Image.Image | np.ndarray, config: PreprocessConfig = DEFAULT_CONFIG
+) -> np.ndarray | None:
+    """The MNIST-like (28, 28) float32 input for an image of one digit; None if there is no ink."""
+    prepared = prepare_digit(source, config)
+    return None if prepared is None else prepared.image
+
+
+def prepare_digit(
+    source: Image.Image | np.ndarray, config: PreprocessConfig = DEFAULT_CONFIG
+) -> PreparedDigit | None:
+    """`preprocess`, also saying how many digits the ink seems to form; None if there is no ink."""
+    ink_map = find_ink(source, config)
+    if ink_map is None:
+        return None
+    image = normalize_digit(ink_of(ink_map, ink_map.blobs), config)
+    return PreparedDigit(image, len(group_blobs(ink_map.blobs)))
+
+
+def segment_digits(
+    source: Image.Image | np.ndarray, config: PreprocessConfig = DEFAULT_CONFIG
+) -> list[DigitSegment]:
+    """The digits of a written number, left to right, each as an MNIST-like input; [] if no ink."""
+    ink_map = find_ink(source, config)
+    if ink_map is None:
+        return []
+    segments = []
+    for group in group_blobs(ink_map.blobs):
+        union = _union(group)
+        left, top, right, bottom = (
+            round(v / ink_map.scale) for v in (union.left, union.top, union.right, union.bottom)
+        )
+        segments.append(
+            DigitSegment((left, top, right, bottom), normalize_digit(ink_of(ink_map, group), config))
+        )
+    return segments
+
+
+# --- steps 1-5: the ink of a whole image --------------------------------------------------------
+
+
+def working_gray(source: Image.Image | np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """Grayscale (white = 1) with its longest side at most `max_side`, and the scale applied."""
+    if isinstance(source, Image.Image):
+        small = images.shrink(source, max_side)
+        return images.to_grayscale(small), small.width / source.width
+    gray = images.to_grayscale(source)
+    scale = max_side / max(gray.shape)
+    if scale >= 1:
+        return gray, 1.0
+    return _resize(gray, scale, Image.Resampling.BOX), scale
+
+
+def is_dark_on_light(gray: np.ndarray, config: PreprocessConfig = DEFAULT_CONFIG) -> bool:
+    """Whether the ink is darker than the paper: which side of the local background has the heavy tail."""
+    residual = gray - _coarse_percentile(gray, config.lighting_grid, 50)
+    threshold = max(4 * pixel_noise(gray), config.min_contrast / 2)
+    dark = np.clip(-residual - threshold, 0, None).sum()
+    light = np.clip(residual - threshold, 0, None).sum()
+    return bool(dark > light)
+
+
+def find_ink(source: Image.Image | np.ndarray, config: PreprocessConfig = DEFAULT_CONFIG) -> InkMap | None:
+    """Steps 1-5 of the module docstring; None when nothing in the image is ink."""
+    gray, scale = working_gray(source, config.work_side)
+    if gray.size == 0:
+        return None
+    dark_ink = is_dark_on_light(gray, config)
+    if dark_ink:
+        gray = 1.0 - gray  # from here on ink is light, as in MNIST
+    paper = estimate_paper(gray, config)
+    residual = gray - paper
+    if dark_ink:
+        # Light multiplies: ink on paper in shadow is as much darker as the paper is. Contrast
+        # relative to the paper's own light makes a stroke equally strong in light and shadow.
+        residual /= np.maximum(1.0 - paper, 0.1)
+    ink = np.clip(residual, 0.0, None)
+    noise = pixel_noise(residual)
+
+    # Smoothing before thresholding keeps pixel noise out of the mask; sigma grows with the image.
+    sigma = max(0.5, max(gray.shape) / 512)
+    smooth = ndi.gaussian_filter(ink, sigma)
+    smooth_noise = noise * _gaussian_noise_gain(sigma)
+    candidates = smooth[smooth > max(config.min_contrast / 2, 5 * smooth_noise)]
+    if candidates.size == 0:
+        return None
+    # The strokes' level: the typical value of their stronger half (robust to noise and to edges).
+    strong = candidates[candidates >= 0.5 * np.percentile(candidates, 95)]
+    level = float(np.median(strong))
+    if level < config.min_contrast or level < config.min_snr * noise:
+        return None
+
+    mask = smooth >= 0.5 * level
+    labels, count = ndi.label(mask, structure=EIGHT_NEIGHBOURS)
+    blobs = _keep_ink_blobs(labels, count, config)
+    if not blobs:
+        return None
+
+    floor = min(2 * noise, 0.4 * level)  # most pixel noise on the paper becomes exactly 0
+    normalized = np.clip((ink - floor) / (level - floor), 0.0, 1.0)
+    fringe = math.ceil(2 * sigma) + 1  # the soft edge outside the half-level mask
+    return InkMap(normalized.astype(np.float32), labels.astype(np.int32), blobs, scale, fringe)
+
+
+def estimate_paper(ink_is_light: np.ndarray, config: PreprocessConfig = DEFAULT_CONFIG) -> np.ndarray:
+    """The paper's own brightness at every pixel (ink light, paper dark), varying across a photo.
+
+    A low percentile over half the image gives a first estimate of the paper that even a thick,
+    bold 0 covering most of a window does not lift. Pixels well above it are ink; the paper is
+    then estimated again from the other pixels alone (a blur weighted to skip the ink), twice.
+    """
+    paper = _coarse_percentile(ink_is_light, config.lighting_grid, 25)
+    noise = pixel_noise(ink_is_light)
+    for _ in range(2):
+        residual = ink_is_light - paper
+        suspect = residual > max(config.min_contrast / 2, 4 * noise)
+        if not suspect.any():
+            break
+        paper = _paper_around(ink_is_light, suspect, config)
+    return paper.astype(np.float32)
+
+
+def _paper_around(ink_is_light: np.ndarray, suspect: np.ndarray, config: PreprocessConfig) -> np.ndarray:
+    """The paper's brightness everywhere, from the pixels that are not `suspect`: a weighted blur."""
+    weight = (~suspect).astype(np.float32)
+    factor = max(ink_is_light.shape) / config.lighting_grid
+    if factor <= 1:
+        coarse_sum, coarse_weight = ink_is_light * weight, weight
+    else:
+        coarse_sum = _resize(ink_is_light * weight, 1 / factor, Image.Resampling.BOX)
+        coarse_weight = _resize(weight, 1 / factor, Image.Resampling.BOX)
+        # Cells mostly of ink also hold its soft edge, a little above the paper: leave them out.
+        keep = coarse_weight >= 0.75
+        coarse_sum, coarse_weight = coarse_sum * keep, coarse_weight * keep
+    spread = max(coarse_sum.shape) / 6  # the lighting varies slowly: a sixth of the image
+    numerator = ndi.gaussian_filter(coarse_sum, spread, mode="nearest")
+    denominator = ndi.gaussian_filter(coarse_weight, spread, mode="nearest")
+    if denominator.min() < 1e-3:  # ink everywhere in some region: fall back to the global paper level
+        fallback = float(np.median(ink_is_light[~suspect])) if (~suspect).any() else 0.0
+        paper = np.where(denominator < 1e-3, fallback, numerator / np.maximum(denominator, 1e-3))
+    else:
+        paper = numerator / denominator
+    if paper.shape != ink_is_light.shape:
+        paper = _resize_to(paper.astype(np.float32), ink_is_light.shape, Image.Resampling.BILINEAR)
+    return paper
+
+
+def _coarse_percentile(gray: np.ndarray, grid: int, percentile: float) -> np.ndarray:
+    """A percentile over half the image, computed on a coarse grid and smoothly enlarged back."""
+    factor = max(gray.shape) / grid
+    coarse = _resize(gray, 1 / factor, Image.Resampling.BOX) if factor > 1 else gray
+    size = max(3, max(coarse.shape) // 2 | 1)
+    filtered = ndi.percentile_filter(coarse, percentile, size=size, mode="nearest")
+    if filtered.shape == gray.shape:
+        return filtered
+    return _resize_to(filtered, gray.shape, Image.Resampling.BILINEAR)
+
+
+def pixel_noise(gray: np.ndarray) -> float:
+    """Standard deviation of pixel noise, from differences of neighbours (blind to smooth shapes).
+
+    Neighbouring pixels of paper or of a stroke differ by noise alone; edges are too few to move
+    the median. The difference of two noisy pixels has sqrt(2) times the noise.
+    """
+    if gray.shape[1] < 2:
+        return 0.0
+    rows = gray[:: max(1, gray.shape[0] // 128)]  # 128 rows are plenty, and 4x faster at 512
+    return _noise_std(np.diff(rows, axis=1)) / math.sqrt(2)
+
+
+def _noise_std(values: np.ndarray) -> float:
+    """Standard deviation of the bulk of `values` (median absolute deviation), blind to the ink's tail."""
+    if values.size == 0:
+        return 0.0
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
+
+
+def _gaussian_noise_gain(sigma: float) -> float:
+    """How much a Gaussian blur of `sigma` px shrinks the standard deviation of white pixel noise."""
+    return min(1.0, 1.0 / (2.0 * math.sqrt(math.pi) * sigma))
+
+
+def _keep_ink_blobs(labels: np.ndarray, count: int, config: PreprocessConfig) -> list[Blob]:
+    if count == 0:
+        return []
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    slices = ndi.find_objects(labels)
+    blobs = [
+        Blob(i + 1, rows.start, cols.start, rows.stop, cols.stop, int(areas[i + 1]))
+        for i, (rows, cols) in enumerate(slices)
+        if rows is not None
+    ]
+    largest = max(b.area for b in blobs)
+    big = [b for b in blobs if b.area >= config.speck_fraction * largest]
+    # Small pieces touching the big blobs' box are parts of the digit: the detached bar of a 5, a
+    # stroke broken by a dry pen. Away from it they are dirt; the tiniest dots are noise anywhere.
+    box = _union(big)
+    margin = 0.1 * max(box.height, box.width)
+    blobs = [
+        b
+        for b in blobs
+        if b in big
+        or (
+            b.area >= config.fragment_fraction * largest
+            and b.bottom >= box.top - margin
+            and b.top <= box.bottom + margin
+            and b.right >= box.left - margin
+            and b.left <= box.right + margin
+        )
+    ]
+    # In a photo the paper's edge, the table or a shadow reach into the image from its border:
+    # along a whole side, or as more ink than everything inside. A digit's stroke that touches
+    # the border (a tight crop) is neither.
+    height, width = labels.shape
+    inside = [b for b in blobs if b.top > 0 and b.left > 0 and b.bottom < height and b.right < width]
+    inside_area = sum(b.area for b in inside)
+    if not inside:
+        return blobs
+    return [
+        b
+        for b in blobs
+        if b in inside or (b.height < 0.9 * height and b.width < 0.9 * width and b.area < inside_area)
+    ]
+
+
+def ink_of(ink_map: InkMap, blobs: list[Blob]) -> tuple[np.ndarray, np.ndarray]:
+    """The ink of some blobs (with their soft edges, without their neighbours), and their mask."""
+    union, pad = _union(blobs), ink_map.fringe
+    rows = slice(max(0, union.top - pad), union.bottom + pad)
+    cols = slice(max(0, union.left - pad), union.right + pad)
+    mask = np.isin(ink_map.labels[rows, cols], [b.label for b in blobs])
+    region = ndi.binary_dilation(mask, structure=EIGHT_NEIGHBOURS, iterations=pad)
+    return ink_map.ink[rows, cols] * region, mask
+
+
+# --- steps 6-7: one digit into the 28x28 field ------------------------------------------------
+
+
+def normalize_digit(
+    ink_and_mask: tuple[np.ndarray, np.ndarray], config: PreprocessConfig = DEFAULT_CONFIG
+) -> np.ndarray:
+    """One digit's ink (light on black) as MNIST draws it: 20 px box, centre of mass at the centre."""
+    ink, mask = ink_and_mask
+    ink, mask = _crop(ink, mask, ink >= config.box_level)
+    thick = thicken_thin_strokes(ink, mask, config)
+    if thick is not ink:
+        ink, _ = _crop(thick, thick, thick >= config.box_level)  # thickening widened the box
+    scale = config.box / max(ink.shape)
+    digit = np.clip(_resize(ink, scale, Image.Resampling.LANCZOS), 0.0, 1.0)
+    return place_by_center_of_mass(digit, config.field)
+
+
+def _crop(ink: np.ndarray, mask: np.ndarray, inked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`ink` and `mask` cut to the bounding box of `inked`."""
+    rows, cols = np.flatnonzero(inked.any(1)), np.flatnonzero(inked.any(0))
+    if rows.size == 0:
+        return ink, mask
+    box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    return ink[box], mask[box]
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """Typical stroke width of a binary drawing, in its pixels.
+
+    Across a stroke w pixels wide, the distance to the paper rises from 1 to w/2 and falls back,
+    averaging (w/2 + 1)/2; hence w = 4 x mean distance - 2.
+    """
+    if not mask.any():
+        return 0.0
+    distances = ndi.distance_transform_edt(np.pad(mask, 1))
+    return max(1.0, 4 * float(distances[distances > 0].mean()) - 2)
+
+
+def thicken_thin_strokes(
+    ink: np.ndarray, mask: np.ndarray, config: PreprocessConfig = DEFAULT_CONFIG
+) -> np.ndarray:
+    """Strokes that would be thinner than MNIST's after scaling, dilated until they are not.
+
+    A 2 px pen on a 600 px canvas shrinks to a 0.1 px hairline at 20 px: MNIST has no such digit.
+    `mask` is the ink's smoothed outline (pixel noise would punch holes in a plain threshold).
+    Images near the output size are left alone: their strokes are already what the model sees.
+    """
+    longest = max(ink.shape)
+    if longest < 2 * config.box:
+        return ink
+    scale = config.box / longest
+    width = stroke_width(mask)
+    if width * scale >= config.min_stroke:
+        return ink
+    radius = (config.target_stroke / scale - width) / 2
+    pad = math.ceil(radius) + 1
+    padded = np.pad(ink, pad)
+    distance_to_ink = ndi.distance_transform_edt(~np.pad(mask, pad))
+    return np.maximum(padded, (distance_to_ink <= radius).astype(np.float32))
+
+
+def place_by_center_of_mass(digit: np.ndarray, field: int = 28) -> np.ndarray:
+    """Paste `digit` into a field x field black image so its centre of mass lands on (field/2, field/2).
+
+    MNIST translated by whole pixels; so do we. A digit whose mass is far off its box's centre is
+    kept whole, nearer the edge, rather than cut.
+    """
+    out = np.zeros((field, field), dtype=np.float32)
+    total = float(digit.sum())
+    if total <= 0:
+        return out
+    height, width = digit.shape
+    rows, cols = np.arange(height), np.arange(width)
+    center_row = float(digit.sum(1) @ rows) / total
+    center_col = float(digit.sum(0) @ cols) / total
+    top = min(max(round(field / 2 - center_row), 0), field - height)
+    left = min(max(round(field / 2 - center_col), 0), field - width)
+    out[top : top + height, left : left + width] = digit
+    return out / max(float(out.max()), 1e-6)
+
+
+# --- grouping blobs into digits ----------------------------------------------------------------
+
+
+def group_blobs(blobs: list[Blob]) -> list[list[Blob]]:
+    """Blobs grouped into digits, left to right.
+
+    Pieces of one digit stacked above each other (the two loops of a broken 8) overlap
+    horizontally but not vertically; digits side by side overlap vertically. Then whatever is
+    short or small for a digit (the detached bar of a 5, a hook, dots) joins the group it
+    overlaps or nearly touches, smallest first, until none can; tiny ones left alone are dirt.
+    """
+    if not blobs:
+        return []
+    groups = [[b] for b in blobs]
+    for _ in range(2):  # the digits' height, measured again once broken digits are joined
+        digit_height = _digit_height(groups)
+        while pair := next(
+            (
+                (i, j)
+                for i in range(len(groups))
+                for j in range(i + 1, len(groups))
+                if _stacked(_union(groups[i]), _union(groups[j]), digit_height)
+            ),
+            None,
+        ):
+            groups[pair[0]] += groups.pop(pair[1])
+    full = [_union(g).area for g in groups if _union(g).height >= 0.75 * digit_height]
+    typical_area = float(np.median(full)) if full else max(_union(g).area for g in groups)
+
+    def is_dirt(group: list[Blob]) -> bool:  # too small to be a digit on its own
+        u = _union(group)
+        return u.height < 0.4 * digit_height or u.area < 0.15 * typical_area
+
+    def is_piece(group: list[Blob]) -> bool:  # joins a neighbour that nearly touches it
+        u = _union(group)
+        return is_dirt(group) or (u.area < 0.4 * typical_area and u.height < 0.75 * digit_height)
+
+    while len(groups) > 1:
+        pieces = sorted((g for g in groups if is_piece(g)), key=lambda g: _union(g).area)
+        joined = False
+        for piece in pieces:
+            others = [g for g in groups if g is not piece]
+            own = _union(piece)
+            nearest = min(others, key=lambda g: _distance(own, _union(g)))
+            if _distance(own, _union(nearest))[0] <= 0.1 * digit_height:
+                nearest += piece
+                groups.remove(piece)
+                joined = True
+                break
+        if not joined:
+            break
+    digits = [g for g in groups if not is_dirt(g)] or groups
+    return sorted(digits, key=lambda g: _center(_union(g)))
+
+
+def _digit_height(groups: list[list[Blob]]) -> float:
+    """The typical height of a digit: the median of the groups at least half as tall as the tallest."""
+    heights = [_union(g).height for g in groups]
+    return float(np.median([h for h in heights if h >= 0.5 * max(heights)]))
+
+
+def _distance(a: Blob, b: Blob) -> tuple[int, float]:
+    """Horizontal gap between two boxes (0 if they overlap), then the distance of their centres."""
+    return max(a.left - b.right, b.left - a.right, 0), abs(_center(a) - _center(b))
+
+
+def _center(blob: Blob) -> float:
+    return blob.left + blob.width / 2
+
+
+def _union(group: list[Blob]) -> Blob:
+    """One blob covering a group's bounding box (label 0)."""
+    return Blob(
+        0,
+        min(b.top for b in group),
+        min(b.left for b in group),
+        max(b.bottom for b in group),
+        max(b.right for b in group),
+        sum(b.area for b in group),
+    )
+
+
+def _stacked(a: Blob, b: Blob, digit_height: float) -> bool:
+    """Pieces of one digit: overlapping horizontally by half the narrower's width, and one above
+    the other, or one short, or together no wider than a digit (two digits side by side are
+    wider, unless one is a slanted 1 tucked against the other: a thin stroke stays a digit)."""
+    horizontal = min(a.right, b.right) - max(a.left, b.left)
+    if horizontal < 0.5 * min(a.width, b.width):
+        return False
+    vertical = min(a.bottom, b.bottom) - max(a.top, b.top)
+    above = vertical < 0.5 * min(a.height, b.height)
+    short = min(a.height, b.height) < 0.5 * digit_height
+    thin = min(a.width / a.height, b.width / b.height) < 0.3
+    narrow = max(a.right, b.right) - min(a.left, b.left) <= 0.9 * digit_height and not thin
+    return above or short or narrow
+
+
+# --- resizing float images with Pillow --------------------------------------------------------
+
+
+def _resize(array: np.ndarray, scale: float, resample: Image.Resampling) -> np.ndarray:
+    height, width = array.shape
+    return _resize_to(array, (max(1, round(height * scale)), max(1, round(width * scale))), resample)
+
+
+def _resize_to(array: np.ndarray, shape: tuple[int, ...], resample: Image.Resampling) -> np.ndarray:
+    image = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32))  # mode "F"
+    return np.asarray(image.resize((shape[1], shape[0]), resample), dtype=np.float32)

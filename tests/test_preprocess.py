@@ -1,0 +1,212 @@
+"""Each preprocessing step, and the whole path from realistic images to MNIST-like inputs."""
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from scipy import ndimage as ndi
+
+from mnist_digits import preprocess, render
+from mnist_digits.preprocess import (
+    Blob,
+    group_blobs,
+    is_dark_on_light,
+    place_by_center_of_mass,
+    segment_digits,
+    stroke_width,
+)
+
+
+def center_of_mass(image: np.ndarray) -> tuple[float, float]:
+    rows, cols = np.indices(image.shape)
+    return float((rows * image).sum() / image.sum()), float((cols * image).sum() / image.sum())
+
+
+def ink_box(image: np.ndarray, level: float = 0.0) -> tuple[int, int]:
+    """Height and width of the pixels above `level`."""
+    rows, cols = np.flatnonzero((image > level).any(1)), np.flatnonzero((image > level).any(0))
+    return int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def drawing(shapes, size=(400, 300), width=12, paper=255, ink=0) -> Image.Image:
+    """Lines drawn with a round pen, like a finger or a marker on a canvas."""
+    image = Image.new("L", size, paper)
+    pen = ImageDraw.Draw(image)
+    for points in shapes:
+        pen.line(points, fill=ink, width=width, joint="curve")
+    return image
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Of two digits, aligned as well as a shift of up to 1 px allows (centring rounds to whole pixels)."""
+    shifted = (np.roll(b, (dy, dx), axis=(0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    return max(float(np.corrcoef(a.ravel(), s.ravel())[0, 1]) for s in shifted)
+
+
+# --- the steps ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("paper", "ink", "dark"), [(255, 0, True), (0, 255, False), (200, 60, True)])
+def test_polarity_is_detected(paper, ink, dark):
+    gray = np.asarray(drawing([[(100, 50), (120, 250)]], paper=paper, ink=ink), np.float32) / 255
+    assert is_dark_on_light(gray) is dark
+
+
+def test_polarity_survives_uneven_light():
+    light = render.lighting((300, 300), np.random.default_rng(0))  # one side 3x brighter than the other
+    ink = np.asarray(drawing([[(120, 60), (160, 240)]], size=(300, 300), paper=0, ink=255), np.float32) / 255
+    photo = light * (0.9 - 0.75 * ink)
+    assert is_dark_on_light(photo)
+    assert not is_dark_on_light(1 - photo)
+
+
+def test_longest_side_is_20_px_and_the_aspect_ratio_is_kept():
+    tall = preprocess.preprocess(drawing([[(200, 40), (200, 260)]], width=40))  # 260 x 40 px stroke
+    assert tall is not None
+    height, width = ink_box(tall)
+    assert height == 20 and width in (3, 4, 5)  # 40/260 x 20 = 3.1, plus anti-aliasing
+    wide = preprocess.preprocess(drawing([[(60, 150), (340, 150)]], width=56))  # 336 x 56 px
+    assert wide is not None
+    assert ink_box(wide) in ((3, 20), (4, 20), (5, 20))
+
+
+@pytest.mark.parametrize("corner", [(30, 30), (330, 30), (30, 230), (300, 200)])
+def test_center_of_mass_lands_on_the_centre_wherever_the_digit_was(corner):
+    x, y = corner
+    seven = drawing([[(x, y), (x + 60, y), (x + 25, y + 70)]], width=10)
+    image = preprocess.preprocess(seven)
+    assert image is not None and image.shape == (28, 28) and image.dtype == np.float32
+    row, col = center_of_mass(image)
+    assert abs(row - 14) <= 1 and abs(col - 14) <= 1
+    assert image.max() == pytest.approx(1.0) and image.min() == 0.0
+
+
+def test_place_by_center_of_mass_puts_the_mass_at_14_14():
+    digit = np.full((20, 12), 0.25, np.float32)
+    digit[:10] = 1.0  # heavy at the top: the box must sit lower than centred
+    placed = place_by_center_of_mass(digit)
+    row, col = center_of_mass(placed)
+    assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5
+    assert ink_box(placed) == (20, 12)
+
+
+def test_a_digit_whose_mass_is_far_off_centre_is_kept_whole():
+    digit = np.zeros((20, 10), np.float32)
+    digit[:2] = 1.0  # centring its mass would push the box 6 px out of the field
+    placed = place_by_center_of_mass(digit)
+    assert placed.sum() == pytest.approx(digit.sum())
+    assert np.flatnonzero(placed.any(1))[0] == 8  # the 20 px box as low as it goes: rows 8-27
+
+
+def test_stroke_width_of_a_bar():
+    bar = np.zeros((100, 100), bool)
+    bar[10:90, 45:55] = True
+    assert stroke_width(bar) == pytest.approx(10, abs=1.0)
+
+
+def test_a_fine_pen_on_a_big_canvas_is_thickened_to_mnist_strokes():
+    thin = preprocess.preprocess(drawing([[(200, 30), (200, 270)], [(170, 60), (200, 30)]], width=2))
+    thick = preprocess.preprocess(drawing([[(200, 30), (200, 270)], [(170, 60), (200, 30)]], width=24))
+    assert thin is not None and thick is not None
+    # Without thickening the 2 px pen would shrink to a 0.2 px hairline of faint gray.
+    assert (thin > 0.5).sum() >= 0.6 * (thick > 0.5).sum()
+    assert thin.max() == pytest.approx(1.0)
+
+
+def test_mnist_digits_come_back_almost_unchanged(test_digits):
+    """A 28x28 MNIST digit is already in the model's form: preprocessing must not disturb it."""
+    for digit in test_digits.images[:50]:
+        image = preprocess.preprocess(digit)
+        assert image is not None
+        assert correlation(image, digit / 255.0) > 0.9
+
+
+@pytest.mark.parametrize("kind", sorted(render.KINDS))
+def test_every_kind_of_realistic_image_becomes_its_mnist_digit(test_digits, kind):
+    rng = np.random.default_rng(7)
+    scores = []
+    for digit in test_digits.images[:20]:
+        image = preprocess.preprocess(render.KINDS[kind](digit, rng))
+        assert image is not None
+        scores.append(correlation(image, preprocess.preprocess(digit)))
+        row, col = center_of_mass(image)
+        assert abs(row - 14) <= 1 and abs(col - 14) <= 1
+        assert ink_box(image)[0] == 20 or ink_box(image)[1] == 20
+    assert np.median(scores) > 0.85
+
+
+def test_noise_on_the_paper_becomes_exact_zero(test_digits):
+    for index, digit in enumerate(test_digits.images[:10]):
+        noisy = preprocess.preprocess(render.noisy(digit, np.random.default_rng(index)))
+        clean = preprocess.preprocess(render.inverted(digit, np.random.default_rng(index)))
+        assert noisy is not None and clean is not None
+        away = ~ndi.binary_dilation(clean > 0, iterations=2)
+        assert (noisy[away] == 0).all()  # MNIST's paper is exactly black
+
+
+# --- honest answers: no ink, no digit -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "blank",
+    [
+        np.zeros((50, 50), np.uint8),
+        np.full((300, 200), 255, np.uint8),
+        np.full((1, 1), 128, np.uint8),
+        np.clip(np.random.default_rng(0).normal(128, 25, (300, 300)), 0, 255).astype(np.uint8),
+        (render.lighting((300, 300), np.random.default_rng(1)) * 255).astype(np.uint8),
+    ],
+    ids=["black", "white", "one-pixel", "noise", "uneven-light"],
+)
+def test_images_without_ink_have_no_digit(blank):
+    assert preprocess.preprocess(blank) is None
+    assert segment_digits(blank) == []
+
+
+def test_faint_but_real_ink_is_found():
+    faint = drawing([[(200, 40), (200, 260)]], paper=230, ink=180, width=20)  # contrast 0.2
+    assert preprocess.preprocess(faint) is not None
+
+
+# --- numbers: several digits --------------------------------------------------------------------
+
+
+def test_segment_digits_reads_a_number_left_to_right(test_digits):
+    rng = np.random.default_rng(3)
+    for start in range(0, 40, 4):
+        digits = test_digits.images[start : start + 4]
+        segments = segment_digits(render.render_number(digits, rng))
+        assert len(segments) == 4
+        lefts = [s.box[0] for s in segments]
+        assert lefts == sorted(lefts)
+        for segment, digit in zip(segments, digits, strict=True):
+            assert segment.image.shape == (28, 28)
+            assert correlation(segment.image, preprocess.preprocess(digit)) > 0.8
+
+
+def blob(label, top, left, bottom, right):
+    return Blob(label, top, left, bottom, right, (bottom - top) * (right - left))
+
+
+def test_pieces_of_one_digit_are_merged_and_far_dots_dropped():
+    body = blob(1, 40, 100, 100, 140)  # the bowl of a 5
+    bar = blob(2, 0, 105, 8, 150)  # its detached top bar, stacked above
+    neighbour = blob(3, 0, 170, 100, 220)  # the next digit, side by side
+    dot = blob(4, 95, 300, 100, 305)  # a full stop far away
+    groups = group_blobs([neighbour, dot, bar, body])
+    assert [sorted(b.label for b in g) for g in groups] == [[1, 2], [3]]
+
+
+def test_a_thin_one_beside_a_digit_stays_a_digit():
+    one = blob(1, 0, 100, 100, 108)  # a slanted 1's box overlaps the next digit's a little
+    zero = blob(2, 2, 104, 98, 170)
+    assert len(group_blobs([one, zero])) == 2
+
+
+def test_a_shadow_at_the_border_of_a_photo_is_not_part_of_the_digit():
+    strokes = [[(180, 60), (240, 60), (200, 240)]]
+    clean = preprocess.preprocess(drawing(strokes, width=14))
+    photo = drawing(strokes, width=14)
+    ImageDraw.Draw(photo).rectangle((0, 0, 30, 299), fill=40)  # the table beyond the paper's edge
+    shadowed = preprocess.preprocess(photo)
+    assert clean is not None and shadowed is not None
+    assert correlation(clean, shadowed) > 0.95
