@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_name  # benchmarks/machine.py
 
 from mnist_digits import data, render
 from mnist_digits.files import write_atomic
@@ -43,16 +43,6 @@ class Row:
     no_digit: int  # inputs where no ink was found (counted wrong)
     uncertain: int  # answers below the threshold
     ms_per_image: float  # rendering excluded: opening the ink, cleaning, scaling, centring
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def prepare_chunk(task: tuple[str, int, np.ndarray, int]) -> tuple[list[np.ndarray | None], float]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/machine.py
 
 from mnist_digits import data
 from mnist_digits.model import DigitNet, forward_flops
@@ -41,16 +41,6 @@ class Result:
     torch: str
     peak_gflops: float  # fp32 peak of the device used, estimated
     rows: list[dict] = field(default_factory=list)  # one per measurement
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cpu_peak_gflops(threads: int) -> float:
