@@ -88,3 +88,19 @@ def test_help_explains_every_command(capsys):
     out = capsys.readouterr().out
     for option in ("--recipe", "--epochs", "--batch-size", "--seed", "--out", "--resume", "--device"):
         assert option in out
+
+
+def test_report_writes_one_self_contained_html_file(data_env, tiny_model, tmp_path, capsys):
+    out = tmp_path / "report.html"
+    assert main(["report", "--model", str(tiny_model), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "95% CI" in printed and str(out) in printed
+    html = out.read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "https://" not in html
+    assert str(tiny_model) in html  # the details table names the model
+
+
+def test_models_lists_the_shipped_models_with_their_accuracy(capsys):
+    assert main(["models"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("reference"))
+    assert "test accuracy 99.55%" in line and "one network" in line

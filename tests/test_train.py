@@ -1,4 +1,5 @@
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -6,10 +7,10 @@ import torch
 
 from mnist_digits import checkpoint
 from mnist_digits.augment import AugmentConfig
-from mnist_digits.data import Mnist, Split
+from mnist_digits.data import Mnist, Split, split_validation
 from mnist_digits.errors import CheckpointError, MnistDigitsError
-from mnist_digits.model import ModelConfig
-from mnist_digits.train import PlateauScheduler, TrainConfig, fit, recipe
+from mnist_digits.model import DigitNet, ModelConfig
+from mnist_digits.train import RECIPES, PlateauScheduler, TrainConfig, fit, recipe
 
 # A small network and a few epochs on 1,200 real digits: seconds, not minutes.
 SMALL = TrainConfig(
@@ -35,7 +36,7 @@ def _lr_after(accuracies: list[float], config: TrainConfig) -> list[float]:
     scheduler = PlateauScheduler(optimizer, config)
     rates = []
     for accuracy in accuracies:
-        scheduler.step(accuracy)
+        scheduler.after_epoch(accuracy)
         rates.append(optimizer.param_groups[0]["lr"])
     return rates
 
@@ -54,10 +55,10 @@ def test_plateau_reports_each_change_and_respects_the_floor():
     config = replace(TrainConfig(), plateau_patience=0, min_lr=3e-4)
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
     scheduler = PlateauScheduler(optimizer, config)
-    assert scheduler.step(0.5) is None  # the first epoch sets the best
-    assert scheduler.step(0.5) == (1e-3, 5e-4)
-    assert scheduler.step(0.5) == (5e-4, 3e-4)
-    assert scheduler.step(0.5) is None  # at the floor: nothing left to change
+    assert scheduler.after_epoch(0.5) is None  # the first epoch sets the best
+    assert scheduler.after_epoch(0.5) == (1e-3, 5e-4)
+    assert scheduler.after_epoch(0.5) == (5e-4, 3e-4)
+    assert scheduler.after_epoch(0.5) is None  # at the floor: nothing left to change
 
 
 def test_fit_learns_writes_history_and_keeps_the_best_epoch(small_mnist, tmp_path):
@@ -79,7 +80,7 @@ def test_fit_logs_learning_rate_changes(small_mnist, tmp_path):
     config = replace(SMALL, epochs=3, plateau_patience=0, plateau_min_delta=1.0)  # never "improves"
     messages: list[str] = []
     fit(config, small_mnist, tmp_path, progress=False, log=messages.append)
-    changes = [m for m in messages if "learning rate" in m]
+    changes = [m for m in messages if "->" in m]
     assert len(changes) == 2 and "1.00e-03 -> 5.00e-04" in changes[0]
 
 
@@ -197,3 +198,49 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_matches(mnist_dir, tmp_p
     for key, tensor in a[0].items():
         if key.startswith("model."):
             assert torch.equal(tensor, b[0][key]), key
+
+
+def test_onecycle_rises_to_the_peak_then_anneals_and_is_logged(small_mnist, tmp_path):
+    config = replace(SMALL, schedule="onecycle", optimizer="adamw", lr=4e-3, warmup=0.3, label_smoothing=0.1)
+    messages: list[str] = []
+    result = fit(config, small_mnist, tmp_path, progress=False, log=messages.append)
+    assert any(m.startswith("Schedule: one-cycle") for m in messages)
+    first, second = (s.lr for s in result.history)  # each epoch's starting lr
+    assert first == pytest.approx(4e-3 / 25) and first < second <= 4e-3
+    state = checkpoint.read(tmp_path / "checkpoint.safetensors")[1]
+    train_split, _ = split_validation(small_mnist.train, config.val_fraction, config.seed)
+    steps = math.ceil(len(train_split.labels) / config.batch_size) * 2
+    assert state["scheduler"]["last_epoch"] == steps  # stepped once per batch, to the end
+    assert result.best_val_accuracy > 0.5
+
+
+def test_unknown_optimizer_or_schedule_is_a_clear_error():
+    with pytest.raises(MnistDigitsError, match="unknown optimizer 'sgd'"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(MnistDigitsError, match="unknown schedule"):
+        TrainConfig(schedule="cosine")
+
+
+def test_every_recipe_builds_its_network():
+    for name, config in RECIPES.items():
+        assert config.recipe == name
+        model = DigitNet(config.model)
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert RECIPES["reference"].model == ModelConfig()  # the reference stays the notebook's
+
+
+@pytest.mark.slow
+def test_fast_recipe_reaches_99_5_percent(mnist, tmp_path):
+    """The whole fast recipe (about 2-3 minutes on 2 CPU cores)."""
+    from mnist_digits.evaluate import evaluate_model
+
+    result = fit(recipe("fast"), mnist, tmp_path, progress=False)
+    assert evaluate_model(result.model, mnist.test).accuracy >= 0.995
+
+
+def test_bf16_autocast_trains_and_keeps_fp32_weights(small_mnist, tmp_path):
+    result = fit(replace(SMALL, precision="bf16"), small_mnist, tmp_path, progress=False)
+    assert result.best_val_accuracy > 0.5
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    with pytest.raises(MnistDigitsError, match="unknown precision"):
+        TrainConfig(precision="fp8")

@@ -27,6 +27,7 @@ from .model import DigitNet, ModelConfig
 
 FORMAT = "mnist-digits/1"  # bump when the layout of the file changes
 MODEL_PREFIX = "model."
+MEMBER_PREFIX = "member{}."  # an ensemble's i-th network: member0.model.0.weight, ...
 OPTIMIZER_PREFIX = "optimizer."
 RNG_PREFIX = "rng."
 
@@ -102,15 +103,44 @@ def build_model(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path
     return model
 
 
+def save_ensemble(
+    path: Path, models: list[DigitNet], members: list[dict[str, Any]], metadata: dict[str, Any]
+) -> None:
+    """One file for several networks: member i's weights under "member{i}.", its metadata
+    (as save_model writes it) in the list metadata["members"]."""
+    tensors: dict[str, torch.Tensor] = {}
+    for i, model in enumerate(models):
+        tensors.update({MEMBER_PREFIX.format(i) + k: v for k, v in model_tensors(model).items()})
+    members = [
+        {**m, "model_config": model.config.to_dict()} for m, model in zip(members, models, strict=True)
+    ]
+    save(path, tensors, {**metadata, "members": members, "environment": environment()})
+
+
 @dataclass
 class LoadedModel:
-    model: DigitNet
+    model: torch.nn.Module  # a DigitNet, or an ensemble.Ensemble of them
     metadata: dict[str, Any]
     path: Path
 
+    @property
+    def members_metadata(self) -> list[dict[str, Any]]:
+        """Each network's own metadata: one entry for a single model."""
+        return self.metadata.get("members") or [self.metadata]
+
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """A model in eval mode with its metadata, from a model file or a training checkpoint."""
+    """A model in eval mode with its metadata, from a model, ensemble or training checkpoint file."""
+    from .ensemble import Ensemble
+
     tensors, metadata = read(path)
-    model = build_model(tensors, metadata, Path(path)).to(device).eval()
-    return LoadedModel(model, metadata, Path(path))
+    if "members" not in metadata:
+        model: torch.nn.Module = build_model(tensors, metadata, Path(path))
+    else:
+        networks = []
+        for i, member in enumerate(metadata["members"]):
+            prefix = MEMBER_PREFIX.format(i)
+            own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            networks.append(build_model(own, member, Path(path)))
+        model = Ensemble(networks)
+    return LoadedModel(model.to(device).eval(), metadata, Path(path))

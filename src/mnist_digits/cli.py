@@ -44,12 +44,21 @@ def _device_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _model_option(parser: argparse.ArgumentParser) -> None:
+def _model_option(parser: argparse.ArgumentParser, tta: bool = False) -> None:
     parser.add_argument(
         "--model",
         default="reference",
         metavar="NAME_OR_PATH",
-        help="a shipped model's name (see `mnist-digits models`) or a .safetensors file; default: reference",
+        help="a shipped model's name (see `mnist-digits models`), or a .safetensors model or ensemble "
+        "file; default: reference",
+    )
+    if not tta:
+        return
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average the answers for the image and a few slightly turned "
+        "and scaled copies (5 forward passes; a little more accurate)",
     )
 
 
@@ -103,6 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="initial learning rate (reference: 1e-3)")
     p.add_argument("--seed", type=int, help="random seed (default: 0)")
     p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="bf16: autocast training to bfloat16; worth it on GPUs and CPUs with native bf16 "
+        "(default: fp32)",
+    )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N networks with seeds SEED..SEED+N-1 into DIR/member0.. and write "
+        "DIR/ensemble.safetensors, which averages their probabilities (default: 1)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=Path("runs/reference"),
@@ -139,9 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
         "the 10,000 test images; with --out, PNGs of the confusion matrix, the misclassified "
         "digits and the training curves.",
     )
-    _model_option(p)
+    _model_option(p, tta=True)
     p.add_argument("--out", type=Path, metavar="DIR", help="write the PNG figures here")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _device_option(p)
+
+    p = commands.add_parser(
+        "report",
+        parents=[data_opts],
+        help="write a self-contained HTML report of a model on the official test set",
+        description="One HTML file (no external assets): accuracy with a 95% confidence interval, "
+        "per-digit metrics, confusion matrix, calibration (reliability) plot, training curves and "
+        "the misclassified digits, for a model or an ensemble.",
+    )
+    _model_option(p, tta=True)
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("report.html"),
+        metavar="FILE",
+        help="the HTML file to write (default: report.html)",
+    )
     _device_option(p)
 
     commands.add_parser("models", help="list the models shipped with the package")
@@ -176,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "paths", nargs="*", metavar="PATH", help="image files, folders (the images in them) or globs"
     )
-    _model_option(p)
+    _model_option(p, tta=True)
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="machine-readable output")
     output.add_argument("--csv", action="store_true", help="CSV output")
@@ -204,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", type=Path, metavar="FILE", help="with --kaggle: the submission CSV to write"
     )
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="run the network with PyTorch or ONNX Runtime (onnx: the model is exported once and "
+        "cached; an .onnx --model is used as it is; needs the [onnx] extra)",
+    )
     _device_option(p)
 
     p = commands.add_parser(
@@ -214,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: 8000)")
-    _model_option(p)
+    _model_option(p, tta=True)
     _device_option(p)
     p.add_argument(
         "--feedback-db",
@@ -260,6 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "models": cmd_models,
+        "report": cmd_report,
         "export": cmd_export,
         "predict": cmd_predict,
         "serve": cmd_serve,
@@ -304,23 +354,34 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from .ensemble import members
     from .model import DigitNet, format_summary, summarize
 
+    networks = [DigitNet()]
     if args.model:
         from .pretrained import load
 
-        model = load(args.model).model
-    else:
-        model = DigitNet()
-    print(format_summary(summarize(model)))
+        networks = members(load(args.model).model)
+    if len(networks) > 1:
+        print(f"An ensemble of {len(networks)} networks; the first:")
+    print(format_summary(summarize(networks[0])))
     return EXIT_OK
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .evaluate import record_test_result
-    from .train import fit, pick_device, recipe
+    from .evaluate import record_ensemble, record_test_result
+    from .train import fit, fit_ensemble, pick_device, recipe
 
-    config = recipe(args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    config = recipe(
+        args.recipe,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        precision=args.precision,
+    )
+    if args.ensemble < 1:
+        raise MnistDigitsError(f"--ensemble {args.ensemble}: give the number of networks, 1 or more.")
     # Under torchrun: one process per GPU (or CPU share); the main one fetches data first.
     cluster, device = distributed.join(pick_device(args.device))
     if not cluster.is_main:
@@ -340,43 +401,53 @@ def cmd_train(args: argparse.Namespace) -> int:
             + (f", {cluster.world_size} processes" if cluster.distributed else "")
             + f"); run directory {args.out}"
         )
-    result = fit(
-        config,
-        mnist,
-        args.out,
-        device=device,
-        resume=args.resume,
-        progress=not args.no_progress,
-        cluster=cluster,
-    )
+    options = dict(device=device, resume=args.resume, progress=not args.no_progress, cluster=cluster)
+    if args.ensemble > 1:
+        results = fit_ensemble(config, mnist, args.out, args.ensemble, **options)
+    else:
+        results = [fit(config, mnist, args.out, **options)]
     distributed.leave(cluster)
     if not cluster.is_main:
         return EXIT_OK
+    seconds = sum(r.train_seconds for r in results)
     if args.train_csv:
         # Kaggle's 42,000 digits are drawn from all 70,000 of MNIST's, its test set included: a
         # score on that set would be inflated, so the held-out validation split is the measure.
+        for r in results:
+            print(
+                f"best epoch {r.best_epoch}: validation accuracy {r.best_val_accuracy:.4%} "
+                f"(held out from {args.train_csv.name})"
+            )
         print(
-            f"best epoch {result.best_epoch}: validation accuracy {result.best_val_accuracy:.4%} "
-            f"(held out from {args.train_csv.name})\n"
             "not measured on MNIST's test set: Kaggle's digits include those images\n"
-            f"trained in {result.train_seconds / 60:.1f} min on {device}\n"
-            f"model: {args.out / 'model.safetensors'}"
+            f"trained in {seconds / 60:.1f} min on {device}"
         )
         return EXIT_OK
-    # The official test set is used here, once, on the epoch chosen by validation accuracy.
-    model_path = args.out / "model.safetensors"
-    test = record_test_result(
-        model_path, result.model, mnist.test, [asdict(s) for s in result.history], device
-    )
-    print(
-        f"best epoch {result.best_epoch}: validation accuracy {result.best_val_accuracy:.4%}\n"
-        f"test accuracy {test.accuracy:.4%} ({test.errors} errors), test loss {test.loss:.4f}\n"
-        f"trained in {result.train_seconds / 60:.1f} min on {device}\nmodel: {model_path}"
-    )
+    # The official test set is used here, once, on the epochs chosen by validation accuracy.
+    members = [args.out] if args.ensemble == 1 else [args.out / f"member{i}" for i in range(args.ensemble)]
+    for result, member in zip(results, members, strict=True):
+        model_path = member / "model.safetensors"
+        test = record_test_result(
+            model_path, result.model, mnist.test, [asdict(s) for s in result.history], device
+        )
+        print(
+            f"best epoch {result.best_epoch}: validation accuracy {result.best_val_accuracy:.4%}\n"
+            f"test accuracy {test.accuracy:.4%} ({test.errors} errors), test loss {test.loss:.4f}\n"
+            f"model: {model_path}"
+        )
+    if args.ensemble > 1:
+        path = args.out / "ensemble.safetensors"
+        test = record_ensemble(path, [m / "model.safetensors" for m in members], mnist.test, device)
+        print(
+            f"ensemble of {args.ensemble}: test accuracy {test.accuracy:.4%} ({test.errors} errors), "
+            f"test loss {test.loss:.4f}\nmodel: {path}"
+        )
+    print(f"trained in {seconds / 60:.1f} min on {device}")
     return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .ensemble import as_ensemble
     from .evaluate import evaluate_model, format_report
     from .pretrained import load
     from .train import pick_device
@@ -384,7 +455,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     loaded = load(args.model, device)
     mnist = _load_data(args)
-    evaluation = evaluate_model(loaded.model, mnist.test, device)
+    evaluation = evaluate_model(as_ensemble(loaded.model, args.tta), mnist.test, device)
     figures = []
     if args.out:
         from . import plots
@@ -396,7 +467,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 evaluation, mnist.test.images, mnist.test.labels, args.out / "misclassified.png"
             )
         )
-        history = loaded.metadata.get("history")
+        history = loaded.members_metadata[0].get("history")  # an ensemble's first member
         if history:
             figures.append(plots.curves_png(history, args.out / "curves.png"))
     if args.json:
@@ -407,7 +478,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
         )
     else:
-        print(f"model: {loaded.path}\ntest set: {mnist.directory} ({evaluation.count:,} images)\n")
+        members = len(loaded.members_metadata)
+        kind = f"an ensemble of {members} networks" if members > 1 else "one network"
+        print(
+            f"model: {loaded.path} ({kind}{', test-time augmentation' if args.tta else ''})\n"
+            f"test set: {mnist.directory} ({evaluation.count:,} images)\n"
+        )
         print(format_report(evaluation))
         for figure in figures:
             print(f"wrote {figure}")
@@ -441,11 +517,47 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .ensemble import TTA_VIEWS, as_ensemble
+    from .evaluate import evaluate_model
+    from .pretrained import load
+    from .report import format_accuracy, write_report
+    from .train import pick_device
+
+    device = pick_device(args.device)
+    loaded = load(args.model, device)
+    mnist = _load_data(args)
+    evaluation = evaluate_model(as_ensemble(loaded.model, args.tta), mnist.test, device)
+    members = loaded.members_metadata
+    config = members[0].get("train_config") or {}
+    details = {
+        "model": str(loaded.path),
+        "networks": f"{len(members)} (probabilities averaged)" if len(members) > 1 else "1",
+        "test-time augmentation": f"yes ({len(TTA_VIEWS)} views)" if args.tta else "no",
+        "recipe": str(config.get("recipe", "unknown")),
+        "trained": str((members[0].get("environment") or {}).get("date", "unknown")),
+        "test set": f"{mnist.directory} ({evaluation.count:,} images)",
+    }
+    title = f"mnist-digits: {args.model}" + (" with TTA" if args.tta else "")
+    histories = [m.get("history") or [] for m in members]
+    path = write_report(
+        evaluation, mnist.test.images, args.output, title=title, histories=histories, details=details
+    )
+    print(f"{format_accuracy(evaluation)}\nwrote {path}")
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
+    from .checkpoint import read
     from .pretrained import available
 
     for name, path in available().items():
-        print(f"{name:<12} {path}")
+        metadata = read(path)[1]
+        networks = len(metadata.get("members") or [metadata])
+        accuracy = metadata.get("test_accuracy")
+        shown = f"{accuracy:.2%}" if accuracy is not None else "not measured"
+        kind = f"ensemble of {networks}" if networks > 1 else "one network"
+        print(f"{name:<12} test accuracy {shown:<8}  {kind:<14}  {path}")
     return EXIT_OK
 
 
@@ -479,6 +591,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         device=args.device,
+        tta=args.tta,
         feedback_db=args.feedback_db,
         allowed_origins=tuple(args.allow_origin),
     )
@@ -514,7 +627,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise MnistDigitsError("-o is for the Kaggle submission: use it with --kaggle test.csv.")
     if not args.kaggle and not args.paths:
         raise MnistDigitsError("give image files, folders or globs (or --kaggle test.csv -o submission.csv).")
-    recognizer = predict.load_model(args.model, args.device, args.threshold)
+    recognizer = predict.load_model(
+        args.model, args.device, args.threshold, tta=args.tta, runtime=args.runtime
+    )
     if args.kaggle:
         return _predict_kaggle(recognizer, args.kaggle, args.output, args.threshold)
 

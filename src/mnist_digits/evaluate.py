@@ -127,3 +127,25 @@ def record_test_result(
     )
     checkpoint.save_model(model_path, model, metadata)  # type: ignore[arg-type]
     return evaluation
+
+
+def record_ensemble(
+    path: Path, member_paths: list[Path], test: Split, device: torch.device | str
+) -> Evaluation:
+    """Join trained members into one ensemble file, evaluate it on the official test set once,
+    and store the result in its metadata."""
+    from . import checkpoint
+    from .ensemble import Ensemble
+
+    loaded = [checkpoint.load_model(p, device) for p in member_paths]
+    networks = [m.model for m in loaded]
+    evaluation = evaluate_model(Ensemble(networks), test, device)  # type: ignore[arg-type]
+    metadata = {
+        "test_accuracy": evaluation.accuracy,
+        "test_loss": evaluation.loss,
+        "train_config": loaded[0].metadata.get("train_config"),
+        "data_sha256": loaded[0].metadata.get("data_sha256"),
+        "train_seconds": sum(m.metadata.get("train_seconds", 0.0) for m in loaded),
+    }
+    checkpoint.save_ensemble(path, networks, [m.metadata for m in loaded], metadata)  # type: ignore[arg-type]
+    return evaluation

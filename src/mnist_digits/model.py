@@ -22,6 +22,8 @@ class ModelConfig:
     dropout: float = 0.25  # dropout everywhere else
     bn_momentum: float = 0.01  # = 1 - Keras' momentum 0.99 (PyTorch counts the other way)
     bn_eps: float = 1e-3  # Keras' BatchNormalization epsilon
+    conv_batchnorm: bool = False  # BatchNorm after every convolution (not in the reference):
+    # faster, steadier training at high learning rates, used by the fast and best recipes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,18 +49,25 @@ class DigitNet(nn.Sequential):
     def __init__(self, config: ModelConfig | None = None) -> None:
         config = config or ModelConfig()
         c1, c2, c3 = config.channels
+
+        def conv(c_in: int, c_out: int, padding: int) -> list[nn.Module]:
+            if not config.conv_batchnorm:
+                return [nn.Conv2d(c_in, c_out, 3, padding=padding), nn.ReLU()]
+            norm = nn.BatchNorm2d(c_out, eps=config.bn_eps, momentum=config.bn_momentum)
+            return [nn.Conv2d(c_in, c_out, 3, padding=padding, bias=False), norm, nn.ReLU()]
+
         # fmt: off
         super().__init__(
             # layer                                            output shape, batch N
-            nn.Conv2d(1, c1, 3), nn.ReLU(),                    # (N, 32, 26, 26)  valid
-            nn.Conv2d(c1, c1, 3), nn.ReLU(),                   # (N, 32, 24, 24)  valid
+            *conv(1, c1, 0),                                   # (N, 32, 26, 26)  valid
+            *conv(c1, c1, 0),                                  # (N, 32, 24, 24)  valid
             nn.MaxPool2d(2),                                   # (N, 32, 12, 12)
             nn.Dropout(config.dropout_first),
-            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(),        # (N, 64, 12, 12)  same
-            nn.Conv2d(c2, c2, 3, padding=1), nn.ReLU(),        # (N, 64, 12, 12)  same
+            *conv(c1, c2, 1),                                  # (N, 64, 12, 12)  same
+            *conv(c2, c2, 1),                                  # (N, 64, 12, 12)  same
             nn.MaxPool2d(2),                                   # (N, 64, 6, 6)
             nn.Dropout(config.dropout),
-            nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(),        # (N, 128, 6, 6)   same
+            *conv(c2, c3, 1),                                  # (N, 128, 6, 6)   same
             nn.Dropout(config.dropout),
             nn.Flatten(),                                      # (N, 4608)
             nn.Linear(feature_size(config), config.hidden),    # (N, 128)
@@ -111,6 +120,7 @@ _KERAS_NAMES = {
     nn.Flatten: "flatten",
     nn.Linear: "dense",
     nn.BatchNorm1d: "batch_normalization",
+    nn.BatchNorm2d: "batch_normalization",
     nn.ReLU: "activation",
 }
 
@@ -144,11 +154,13 @@ def summarize(model: DigitNet) -> ModelSummary:
 
 def format_summary(summary: ModelSummary) -> str:
     """A table in the shape of Keras' model.summary()."""
-    rule, heavy = "_" * 72, "=" * 72
-    lines = [rule, f"{'Layer (type)':<34}{'Output Shape':<24}{'Param #':>10}", heavy]
-    for i, layer in enumerate(summary.layers):
+    names = [f"{layer.name} ({layer.kind})" for layer in summary.layers]
+    width = max(34, *(len(n) + 1 for n in names))  # 34 as Keras, wider for long names
+    rule, heavy = "_" * (width + 38), "=" * (width + 38)
+    lines = [rule, f"{'Layer (type)':<{width}}{'Output Shape':<28}{'Param #':>10}", heavy]
+    for i, (name, layer) in enumerate(zip(names, summary.layers, strict=True)):
         shape = "(None, " + ", ".join(str(s) for s in layer.output_shape) + ")"
-        lines.append(f"{f'{layer.name} ({layer.kind})':<34}{shape:<24}{layer.params:>10,}")
+        lines.append(f"{name:<{width}}{shape:<28}{layer.params:>10,}")
         lines.append(rule if i < len(summary.layers) - 1 else heavy)
     lines += [
         f"Total params: {summary.total_params:,}",

@@ -1,10 +1,15 @@
-"""Figures as PNG files: confusion matrix, misclassified digits, training curves."""
+"""Figures as PNG: confusion matrix, misclassified digits, training curves, reliability diagram.
+
+Each `*_figure` function builds a matplotlib figure; `png_bytes` renders it (for embedding, as the
+HTML report does) and the `*_png` functions write it to a file.
+"""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 import matplotlib.ticker
@@ -12,21 +17,34 @@ import matplotlib.ticker
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
 
 from .evaluate import Evaluation
 from .files import write_atomic
 from .model import NUM_CLASSES
 
+if TYPE_CHECKING:
+    from .report import Calibration
+
+ERROR_RED = "#b00020"
+
+
+def png_bytes(figure: plt.Figure) -> bytes:
+    """Render the figure as PNG and close it (pyplot keeps every open figure alive until then)."""
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(figure)
+    return buffer.getvalue()
+
 
 def _save(figure: plt.Figure, path: Path) -> Path:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, png_bytes(figure))
     return path
 
 
-def confusion_png(evaluation: Evaluation, path: Path, title: str = "") -> Path:
+def confusion_figure(evaluation: Evaluation, title: str = "") -> plt.Figure:
     """Counts on a log-scaled colour map, so that the few errors stand out beside the diagonal."""
     counts = np.asarray(evaluation.confusion)
     figure, axes = plt.subplots(figsize=(6.4, 5.6))
@@ -43,7 +61,7 @@ def confusion_png(evaluation: Evaluation, path: Path, title: str = "") -> Path:
                     ha="center",
                     va="center",
                     fontsize=8,
-                    color="white" if dark else ("black" if true == predicted else "#b00020"),
+                    color="white" if dark else ("black" if true == predicted else ERROR_RED),
                 )
     axes.set_xticks(range(NUM_CLASSES))
     axes.set_yticks(range(NUM_CLASSES))
@@ -51,12 +69,16 @@ def confusion_png(evaluation: Evaluation, path: Path, title: str = "") -> Path:
     axes.set_ylabel("true digit")
     axes.set_title(title or f"Confusion matrix: accuracy {evaluation.accuracy:.2%}")
     figure.colorbar(image, ax=axes, label="log(1 + count)", shrink=0.8)
-    return _save(figure, path)
+    return figure
 
 
-def misclassified_png(
-    evaluation: Evaluation, images: np.ndarray, labels: np.ndarray, path: Path, limit: int = 100
-) -> Path:
+def confusion_png(evaluation: Evaluation, path: Path, title: str = "") -> Path:
+    return _save(confusion_figure(evaluation, title), path)
+
+
+def misclassified_figure(
+    evaluation: Evaluation, images: np.ndarray, labels: np.ndarray, limit: int = 100
+) -> plt.Figure:
     """The misclassified digits, most confident mistakes first, with true/predicted/confidence."""
     wrong = np.flatnonzero(evaluation.predictions != labels)
     wrong = wrong[np.argsort(-evaluation.confidences[wrong])][:limit]
@@ -70,7 +92,7 @@ def misclassified_png(
         axes.set_title(
             f"#{index} {labels[index]}→{evaluation.predictions[index]}\n{evaluation.confidences[index]:.0%}",
             fontsize=7,
-            color="#b00020",
+            color=ERROR_RED,
         )
     total = int((evaluation.predictions != labels).sum())
     figure.tight_layout(rect=(0, 0, 1, 0.97))
@@ -78,29 +100,105 @@ def misclassified_png(
         f"Misclassified test digits ({len(wrong)} of {total} shown; #index true→predicted, confidence)",
         fontsize=10,
     )
-    return _save(figure, path)
+    return figure
 
 
-def curves_png(history: Sequence[dict], path: Path) -> Path:
-    """Loss, accuracy and learning rate per epoch for training and validation."""
-    epochs = [h["epoch"] for h in history]
+def misclassified_png(
+    evaluation: Evaluation, images: np.ndarray, labels: np.ndarray, path: Path, limit: int = 100
+) -> Path:
+    return _save(misclassified_figure(evaluation, images, labels, limit), path)
+
+
+def curves_figure(histories: Sequence[Sequence[dict]]) -> plt.Figure:
+    """Loss, accuracy and learning rate per epoch, training and validation, for each history.
+
+    One history: train and validation in two colours. Several (an ensemble's members): one
+    colour per member, validation solid and training dashed. Empty histories are left out.
+    """
+    members = [(number, history) for number, history in enumerate(histories, start=1) if history]
+    if not members:
+        raise ValueError("curves_figure needs at least one non-empty training history")
     figure, (loss_ax, acc_ax, lr_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
-    loss_ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    loss_ax.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    single = len(histories) == 1
+    for number, history in members:
+        epochs = [h["epoch"] for h in history]
+        colour = f"C{(number - 1) % 10}"
+        train_style = {"color": "C0", "marker": "o"} if single else {"color": colour, "ls": "--"}
+        val_style = {"color": "C1", "marker": "o"} if single else {"color": colour}
+        for axes, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+            axes.plot(epochs, [h[f"train_{key}"] for h in history], label="train", **train_style)
+            axes.plot(epochs, [h[f"val_{key}"] for h in history], label="validation", **val_style)
+        lr_ax.step(epochs, [h["lr"] for h in history], where="post", color="tab:green" if single else colour)
     loss_ax.set_title("loss")
     loss_ax.set_yscale("log")
-    acc_ax.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train")
-    acc_ax.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="validation")
     acc_ax.set_title("accuracy")
-    lowest = min(min(h["train_accuracy"], h["val_accuracy"]) for h in history)
+    lowest = min(min(h["train_accuracy"], h["val_accuracy"]) for _, history in members for h in history)
     acc_ax.set_ylim(max(0.0, lowest - 0.005), 1.0)
-    lr_ax.step(epochs, [h["lr"] for h in history], where="post", color="tab:green")
     lr_ax.set_yscale("log")
     lr_ax.set_title("learning rate")
     for axes in (loss_ax, acc_ax, lr_ax):
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
-    loss_ax.legend()
-    acc_ax.legend()
-    return _save(figure, path)
+    if single:
+        loss_ax.legend()
+        acc_ax.legend()
+    else:
+        handles = [
+            Line2D([], [], color="black", label="validation"),
+            Line2D([], [], color="black", ls="--", label="train"),
+        ]
+        handles += [Line2D([], [], color=f"C{(n - 1) % 10}", label=f"member {n}") for n, _ in members]
+        figure.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        figure.tight_layout()
+    return figure
+
+
+def curves_png(history: Sequence[dict], path: Path) -> Path:
+    return _save(curves_figure([history]), path)
+
+
+def reliability_figure(calibration: Calibration) -> plt.Figure:
+    """Accuracy per confidence bin, its gap to the bin's mean confidence hatched, bin counts below."""
+    edges, counts = calibration.edges, calibration.counts
+    filled = counts > 0
+    left, width = edges[:-1][filled], np.diff(edges)[filled]
+    accuracy, confidence = calibration.accuracy[filled], calibration.confidence[filled]
+    figure, (acc_ax, count_ax) = plt.subplots(
+        2, 1, figsize=(6.4, 6.4), sharex=True, gridspec_kw={"height_ratios": (3, 1.2)}
+    )
+    acc_ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
+    acc_ax.bar(left, accuracy, width, align="edge", color="tab:blue", edgecolor="white", label="accuracy")
+    # Above the bar: over-confident; below its top: under-confident.
+    acc_ax.bar(
+        left,
+        confidence - accuracy,
+        width,
+        bottom=accuracy,
+        align="edge",
+        facecolor="none",
+        edgecolor=ERROR_RED,
+        hatch="///",
+        label="gap to mean confidence",
+    )
+    acc_ax.set_xlim(0, 1)
+    acc_ax.set_ylim(0, 1)
+    acc_ax.set_ylabel("accuracy in bin")
+    acc_ax.set_title(f"Reliability: expected calibration error {calibration.ece:.2%}", pad=26)
+    # Above the axes: inside, any corner may hide a bar.
+    acc_ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False, fontsize=9)
+    acc_ax.grid(alpha=0.3)
+    count_ax.bar(left, counts[filled], width, align="edge", color="grey", edgecolor="white")
+    count_ax.set_yscale("log")
+    count_ax.set_ylim(0.5, counts.max() * 8)
+    for x, w, n in zip(left, width, counts[filled], strict=True):
+        count_ax.text(x + w / 2, n * 1.3, f"{n:,}", ha="center", va="bottom", fontsize=7)
+    count_ax.set_xlabel("confidence (probability of the predicted digit)")
+    count_ax.set_ylabel("images")
+    count_ax.xaxis.set_major_locator(matplotlib.ticker.MultipleLocator(0.1))
+    figure.tight_layout()
+    return figure
+
+
+def reliability_png(calibration: Calibration, path: Path) -> Path:
+    return _save(reliability_figure(calibration), path)

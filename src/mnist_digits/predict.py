@@ -22,8 +22,8 @@ from PIL import Image
 
 from . import images
 from .errors import InputError
+from .export import OnnxModel
 from .files import write_atomic
-from .model import DigitNet
 from .preprocess import DEFAULT_CONFIG, PreparedDigit, PreprocessConfig, prepare_digit, segment_digits
 
 ImageInput: TypeAlias = str | Path | bytes | Image.Image | np.ndarray  # one image; bytes: a file's
@@ -96,7 +96,7 @@ class Recognizer:
 
     def __init__(
         self,
-        model: DigitNet,
+        model: torch.nn.Module | OnnxModel,
         *,
         device: torch.device | str = "cpu",
         threshold: float = DEFAULT_THRESHOLD,
@@ -105,7 +105,7 @@ class Recognizer:
         path: Path | None = None,
     ) -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model if isinstance(model, OnnxModel) else model.to(self.device).eval()
         self.threshold = threshold
         self.config = config
         self.metadata = metadata or {}
@@ -201,8 +201,18 @@ class Recognizer:
         from .train import predict_logits
 
         batch = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).unsqueeze(1)
-        logits = predict_logits(self.model, batch.to(self.device), BATCH_SIZE)
+        if isinstance(self.model, OnnxModel):
+            logits = torch.from_numpy(self.model.logits(batch.numpy()))
+        else:
+            logits = predict_logits(self.model, batch.to(self.device), BATCH_SIZE)
         return logits.float().softmax(1).cpu().numpy()
+
+    @property
+    def parameter_count(self) -> int | None:
+        """Weights in the network(s); None for an ONNX model."""
+        if isinstance(self.model, OnnxModel):
+            return None
+        return sum(p.numel() for p in self.model.parameters())
 
     def _open(self, item: ImageInput, name: str) -> Image.Image | np.ndarray:
         if isinstance(item, str | Path | bytes):
@@ -214,23 +224,63 @@ class Recognizer:
         )
 
 
+RUNTIMES = ("torch", "onnx")
+
+
 def load_model(
     name_or_path: str | Path = "reference",
     device: torch.device | str = "cpu",
     threshold: float = DEFAULT_THRESHOLD,
+    *,
+    tta: bool = False,
+    runtime: str = "torch",
 ) -> Recognizer:
-    """A Recognizer for a shipped model ('reference') or a .safetensors file; device 'auto' picks CUDA."""
+    """A Recognizer for a shipped model ('reference'), a .safetensors model or ensemble file, or
+    an .onnx file. device 'auto' picks CUDA; tta averages over a few warped views of each input;
+    runtime 'onnx' runs the network with ONNX Runtime (a model file is exported once and cached).
+    """
+    from .ensemble import as_ensemble
     from .pretrained import load
     from .train import pick_device
 
+    if runtime not in RUNTIMES:
+        raise InputError(f"unknown runtime {runtime!r}; choose torch or onnx.")
+    if Path(name_or_path).suffix == ".onnx":
+        if tta:
+            raise InputError("--tta needs the PyTorch model: give a .safetensors file or a shipped name.")
+        return Recognizer(OnnxModel.load(Path(name_or_path)), threshold=threshold, path=Path(name_or_path))
     loaded = load(name_or_path, pick_device(str(device)))
+    model = as_ensemble(loaded.model, tta)
+    if runtime == "onnx":
+        return Recognizer(
+            cached_onnx(model, loaded.path, tta),
+            threshold=threshold,
+            metadata=loaded.metadata,
+            path=loaded.path,
+        )
     return Recognizer(
-        loaded.model,
+        model,
         device=next(loaded.model.parameters()).device,
         threshold=threshold,
         metadata=loaded.metadata,
         path=loaded.path,
     )
+
+
+def cached_onnx(model: torch.nn.Module, path: Path, tta: bool) -> OnnxModel:
+    """The model as an ONNX Runtime session, exported once into the user cache directory."""
+    import hashlib
+
+    import platformdirs
+
+    from .export import export_onnx
+
+    key = hashlib.sha256(path.read_bytes()).hexdigest()[:16] + ("-tta" if tta else "")
+    onnx_path = Path(platformdirs.user_cache_dir("mnist-digits")) / "onnx" / f"{key}.onnx"
+    if not onnx_path.exists():
+        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(model.cpu(), onnx_path)
+    return OnnxModel.load(onnx_path)
 
 
 def _as_list(inputs: ImageInput | Iterable[ImageInput]) -> Sequence[ImageInput]:

@@ -65,7 +65,7 @@ class TrainingState:
 
     model: DigitNet
     optimizer: torch.optim.Optimizer
-    scheduler: Any  # train.PlateauScheduler (typed loosely to keep the import one-way)
+    scheduler: Any  # a train.Scheduler (typed loosely to keep the import one-way)
     generator: torch.Generator  # shuffling and augmentation
     history: list[EpochStats]  # one entry per finished epoch
     in_progress: EpochProgress | None = None  # set when stopped mid-epoch

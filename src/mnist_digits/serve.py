@@ -62,6 +62,7 @@ class ServeConfig:
     host: str = "127.0.0.1"  # interface to listen on; loopback keeps the server private to this machine
     port: int = 8000  # TCP port; 0 lets the system pick a free one
     device: str = "cpu"  # where the model runs: cpu, cuda, auto
+    tta: bool = False  # test-time augmentation: average over 5 views of each image
     feedback_db: Path | None = None  # SQLite file for corrections; None: the user data directory
     allowed_origins: tuple[str, ...] = ()  # other web origins allowed to call the API (CORS); none by default
     max_body_bytes: int = 4 * 2**20  # largest request body, bytes (uploads, JSON)
@@ -100,7 +101,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     from .train import pick_device
 
     _check_origins(config.allowed_origins)
-    recognizer = load_model(config.model, pick_device(config.device))
+    recognizer = load_model(config.model, pick_device(config.device), tta=config.tta)
     model_name = config.model  # a shipped model's name, or the file's path as given
     store = FeedbackStore(config.feedback_db)
     static = {name: (resources.files("mnist_digits") / "static" / name).read_bytes() for name in STATIC_FILES}
@@ -146,7 +147,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         return schemas.ModelInfo(
             name=model_name,
             file=str(recognizer.path or config.model),
-            parameters=sum(p.numel() for p in recognizer.model.parameters()),
+            parameters=recognizer.parameter_count or 0,
             test_accuracy=metadata.get("test_accuracy"),
             metadata=metadata,
         )

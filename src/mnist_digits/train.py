@@ -47,9 +47,16 @@ class TrainConfig:
     recipe: str = "reference"  # name of the preset this config started from
     epochs: int = 20
     batch_size: int = 64  # images per optimizer step
-    lr: float = 1e-3  # RMSprop's initial learning rate
+    optimizer: str = "rmsprop"  # "rmsprop" (the reference's) or "adamw"
+    lr: float = 1e-3  # initial learning rate; with the one-cycle schedule, its peak
     rho: float = 0.9  # RMSprop's decay of the squared-gradient average (PyTorch: alpha)
-    eps: float = 1e-7  # RMSprop's epsilon, Keras' default
+    eps: float = 1e-7  # RMSprop's and AdamW's epsilon, Keras' default
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    label_smoothing: float = 0.0  # share of each target spread over the other classes
+    schedule: str = "plateau"  # "plateau": cut lr when validation stalls; "onecycle": per step
+    warmup: float = 0.25  # one-cycle: share of all steps spent rising to the peak lr
+    precision: str = "fp32"  # "bf16": autocast the training forward pass to bfloat16 (GPUs, and
+    # CPUs with native bf16 such as AVX-512 BF16 or AMX; elsewhere it is emulated and slower)
     plateau_patience: int = 3  # epochs without a better validation accuracy before cutting lr
     plateau_factor: float = 0.5  # lr multiplier at each cut
     plateau_min_delta: float = 1e-4  # accuracy gain that counts as better (Keras' min_delta)
@@ -59,6 +66,14 @@ class TrainConfig:
     eval_batch_size: int = 1000  # images per forward pass when evaluating
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("rmsprop", "adamw"):
+            raise MnistDigitsError(f"unknown optimizer {self.optimizer!r}; choose rmsprop or adamw.")
+        if self.schedule not in ("plateau", "onecycle"):
+            raise MnistDigitsError(f"unknown schedule {self.schedule!r}; choose plateau or onecycle.")
+        if self.precision not in ("fp32", "bf16"):
+            raise MnistDigitsError(f"unknown precision {self.precision!r}; choose fp32 or bf16.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,13 +87,43 @@ class TrainConfig:
 
 
 RECIPES: dict[str, TrainConfig] = {
+    # The Keras notebook's recipe, exactly.
     "reference": TrainConfig(),
+    # 99.5% on the test set in the least time on a 2-core CPU: a half-width network with
+    # BatchNorm after every convolution, AdamW on a one-cycle schedule, lighter augmentation
+    # and dropout for a short run. Chosen on the validation split (see README).
+    "fast": TrainConfig(
+        recipe="fast",
+        epochs=8,
+        batch_size=128,
+        optimizer="adamw",
+        lr=3e-3,
+        weight_decay=5e-4,
+        schedule="onecycle",
+        augment=AugmentConfig(rotation=10.0, zoom=0.08, shift=0.08),
+        model=ModelConfig(
+            channels=(16, 32, 64), dropout_first=0.05, dropout=0.05, conv_batchnorm=True, bn_momentum=0.1
+        ),
+    ),
+    # The most accurate single network: the reference width with BatchNorm after every
+    # convolution, the reference augmentation, label smoothing, AdamW on a one-cycle schedule.
+    "best": TrainConfig(
+        recipe="best",
+        epochs=20,
+        batch_size=128,
+        optimizer="adamw",
+        lr=2e-3,
+        weight_decay=5e-4,
+        label_smoothing=0.1,
+        schedule="onecycle",
+        model=ModelConfig(conv_batchnorm=True, bn_momentum=0.1),
+    ),
 }
 
 
 @dataclass
 class FitResult:
-    model: DigitNet  # weights of the best epoch, in eval mode
+    model: torch.nn.Module  # the DigitNet of the best epoch, in eval mode
     history: list[EpochStats]
     best_epoch: int
     best_val_accuracy: float
@@ -106,6 +151,7 @@ def train_one_epoch(
     stop: StopRequest | None = None,
     bar: tqdm | None = None,
     cluster: Cluster = SINGLE_PROCESS,
+    scheduler: Scheduler | None = None,
 ) -> bool:
     """Train on shuffled, augmented batches from `progress.step` on, updating `progress`.
 
@@ -130,11 +176,14 @@ def train_one_epoch(
         batch = random_affine(images[index], config.augment, generator)
         share = slice(cluster.rank, None, cluster.world_size)
         batch, index = batch[share].contiguous(memory_format=torch.channels_last), index[share]
-        logits = model(batch)
-        loss = F.cross_entropy(logits, labels[index])
+        with torch.autocast(images.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+            logits = model(batch).float()
+        loss = F.cross_entropy(logits, labels[index], label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if scheduler is not None:
+            scheduler.after_batch()
         loss_sum += loss.detach() * len(index)
         correct += (logits.argmax(1) == labels[index]).sum()
         progress.step, progress.seen = step + 1, progress.seen + len(index)
@@ -174,7 +223,35 @@ def evaluate(
     return loss, (logits.argmax(1) == labels).float().mean().item()
 
 
-class PlateauScheduler:
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(
+            model.parameters(), lr=config.lr, eps=config.eps, weight_decay=config.weight_decay
+        )
+    return torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=config.rho, eps=config.eps)
+
+
+class Scheduler:
+    """A learning-rate schedule: told of every optimizer step and every validated epoch."""
+
+    def after_batch(self) -> None:
+        pass
+
+    def after_epoch(self, val_accuracy: float) -> tuple[float, float] | None:
+        """Returns (old_lr, new_lr) when the epoch's result changed the learning rate."""
+        return None
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class PlateauScheduler(Scheduler):
     """Keras' ReduceLROnPlateau on validation accuracy, reporting every change it makes."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig) -> None:
@@ -190,19 +267,66 @@ class PlateauScheduler:
             min_lr=config.min_lr,
         )
         self.optimizer = optimizer
+        self.config = config
 
-    def step(self, val_accuracy: float) -> tuple[float, float] | None:
-        """Feed one epoch's validation accuracy; returns (old_lr, new_lr) if lr changed."""
+    def after_epoch(self, val_accuracy: float) -> tuple[float, float] | None:
         old = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step(val_accuracy)
         new = self.optimizer.param_groups[0]["lr"]
         return (old, new) if new != old else None
+
+    def describe(self) -> str:
+        c = self.config
+        return (
+            f"learning rate {c.lr:.1e}, halved (x{c.plateau_factor}) after {c.plateau_patience} epochs "
+            f"without a better validation accuracy, never below {c.min_lr:.0e}"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return self.scheduler.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state)
+
+
+class OneCycleScheduler(Scheduler):
+    """Smith's one-cycle policy: lr rises to its peak, then anneals (cosine) to nearly zero."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> None:
+        self.total_steps = config.epochs * steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=config.lr,
+            total_steps=self.total_steps,
+            pct_start=config.warmup,
+            cycle_momentum=False,
+            div_factor=25.0,  # starts at lr / 25
+            final_div_factor=1e3,  # ends at lr / 25,000
+        )
+        self.config = config
+
+    def after_batch(self) -> None:
+        if self.scheduler.last_epoch < self.total_steps:  # a skipped tail batch leaves spare steps
+            self.scheduler.step()
+
+    def describe(self) -> str:
+        c = self.config
+        return (
+            f"one-cycle learning rate over {self.total_steps:,} steps: {c.lr / 25:.1e} rising to "
+            f"{c.lr:.1e} in the first {c.warmup:.0%}, then down to {c.lr / 25e3:.1e}"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scheduler.load_state_dict(state)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, train_size: int) -> Scheduler:
+    if config.schedule == "onecycle":
+        return OneCycleScheduler(optimizer, config, math.ceil(train_size / config.batch_size))
+    return PlateauScheduler(optimizer, config)
 
 
 def fit(
@@ -248,11 +372,12 @@ def fit(
     if cluster.distributed:
         torch.manual_seed(config.seed + cluster.rank)  # each process its own dropout masks
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=config.lr, alpha=config.rho, eps=config.eps)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, len(train_labels))
     state = TrainingState(
         model=model,
         optimizer=optimizer,
-        scheduler=PlateauScheduler(optimizer, config),
+        scheduler=scheduler,
         generator=torch.Generator().manual_seed(config.seed + 1),  # shuffling and augmentation
         history=[],
     )
@@ -261,7 +386,12 @@ def fit(
         where = f"epoch {len(state.history) + 1}"
         if state.in_progress:
             where += f", batch {state.in_progress.step + 1}"
-        log(f"Resuming {run_dir} at {where} of {config.epochs}.")
+        if len(state.history) >= config.epochs:
+            log(f"{run_dir} has finished all {config.epochs} epochs; nothing left to train.")
+        else:
+            log(f"Resuming {run_dir} at {where} of {config.epochs}.")
+    else:
+        log(f"Schedule: {scheduler.describe()}.")
     best = max(state.history, key=lambda s: s.val_accuracy, default=None)
     best_epoch, best_val_accuracy = (best.epoch, best.val_accuracy) if best else (0, -math.inf)
 
@@ -295,6 +425,7 @@ def fit(
                     stop,
                     bar,
                     cluster,
+                    scheduler,
                 )
             if not finished:
                 if cluster.is_main:
@@ -326,7 +457,7 @@ def fit(
                 f"acc {stats.train_accuracy:.4f}  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  "
                 f"lr {lr:.2e}  {stats.images_per_second:,.0f} img/s  {stats.seconds:.0f}s"
             )
-            change = state.scheduler.step(val_acc)
+            change = scheduler.after_epoch(val_acc)
             if change:
                 log(
                     f"epoch {epoch:>2}: validation accuracy has not improved for "
@@ -353,6 +484,31 @@ def fit(
     )
 
 
+def fit_ensemble(
+    config: TrainConfig,
+    data: Mnist,
+    run_dir: Path,
+    size: int,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = tqdm.write,
+    **options: Any,
+) -> list[FitResult]:
+    """Train `size` networks with seeds seed, seed+1, ... in run_dir/member0, member1, ...
+
+    With `resume`, finished members are kept as they are, an interrupted one continues and
+    the rest start. `options` go to `fit` (device, progress, cluster).
+    """
+    results = []
+    for i in range(size):
+        member_dir = Path(run_dir) / f"member{i}"
+        member = replace(config, seed=config.seed + i)
+        log(f"Ensemble member {i + 1} of {size} (seed {member.seed}) in {member_dir}")
+        again = resume and (member_dir / "checkpoint.safetensors").exists()
+        results.append(fit(member, data, member_dir, resume=again, log=log, **options))
+    return results
+
+
 def recipe(name: str, **overrides: Any) -> TrainConfig:
     """A named preset with some fields replaced (None values are ignored)."""
     if name not in RECIPES:
@@ -360,4 +516,14 @@ def recipe(name: str, **overrides: Any) -> TrainConfig:
     return replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
-__all__ = ["RECIPES", "EpochStats", "FitResult", "Split", "TrainConfig", "evaluate", "fit", "train_one_epoch"]
+__all__ = [
+    "RECIPES",
+    "EpochStats",
+    "FitResult",
+    "Split",
+    "TrainConfig",
+    "evaluate",
+    "fit",
+    "fit_ensemble",
+    "train_one_epoch",
+]

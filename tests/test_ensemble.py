@@ -1,0 +1,131 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mnist_digits import checkpoint
+from mnist_digits.cli import main
+from mnist_digits.ensemble import TTA_VIEWS, Ensemble, as_ensemble, members, warp
+from mnist_digits.errors import CheckpointError
+from mnist_digits.model import DigitNet, ModelConfig
+from mnist_digits.predict import load_model
+
+TINY = ModelConfig(channels=(4, 8, 8), hidden=16)
+
+
+def _net(seed: int) -> DigitNet:
+    torch.manual_seed(seed)
+    return DigitNet(TINY).eval()
+
+
+def _mass_centre(images: torch.Tensor) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    total = images.sum((1, 2, 3))
+    return torch.stack([(images[:, 0] * xs).sum((1, 2)) / total, (images[:, 0] * ys).sum((1, 2)) / total], 1)
+
+
+def test_warp_shifts_turns_and_scales_as_asked(test_digits):
+    images = torch.tensor(test_digits.images[:8]).float().unsqueeze(1) / 255
+    assert warp(images, 0.0, 1.0, 0.0, 0.0) is images
+    moved = _mass_centre(warp(images, 0.0, 1.0, 2.0, -1.0)) - _mass_centre(images)
+    # exact for every digit whose ink stays inside the frame (one here touches the edge)
+    assert torch.allclose(moved.median(0).values, torch.tensor([2.0, -1.0]), atol=0.01)
+    bigger = warp(images, 0.0, 1.1, 0.0, 0.0)
+    assert bigger.sum() > images.sum() * 1.15  # area grows by about 1.1 squared
+    turned = warp(images, 90.0, 1.0, 0.0, 0.0)
+    assert torch.allclose(turned.sum((1, 2, 3)), images.sum((1, 2, 3)), rtol=0.02)  # nothing cut off
+    assert not torch.allclose(turned, images, atol=0.1)
+
+
+def test_an_ensemble_averages_its_members_probabilities(test_digits):
+    a, b = _net(1), _net(2)
+    x = torch.tensor(test_digits.images[:16]).float().unsqueeze(1) / 255
+    with torch.no_grad():
+        expected = (a(x).softmax(1) + b(x).softmax(1)) / 2
+        got = Ensemble([a, b])(x).softmax(1)
+        assert torch.allclose(got, expected, atol=1e-6)
+        assert torch.allclose(Ensemble([a, a])(x).softmax(1), a(x).softmax(1), atol=1e-6)
+        with_tta = Ensemble([a], tta=True)
+        views = torch.stack([a(warp(x, *v)).softmax(1) for v in TTA_VIEWS]).mean(0)
+        assert torch.allclose(with_tta(x).softmax(1), views, atol=1e-6)
+    assert as_ensemble(a) is a and as_ensemble(a, tta=True).tta
+    assert members(as_ensemble(Ensemble([a, b]), tta=True)) == [a, b]
+
+
+def test_ensemble_file_round_trips_with_each_members_metadata(tmp_path, test_digits):
+    path = tmp_path / "ensemble.safetensors"
+    nets = [_net(1), _net(2), _net(3)]
+    checkpoint.save_ensemble(path, nets, [{"seed": i} for i in range(3)], {"test_accuracy": 0.5})
+    loaded = checkpoint.load_model(path)
+    assert isinstance(loaded.model, Ensemble) and len(loaded.model.members) == 3
+    assert [m["seed"] for m in loaded.members_metadata] == [0, 1, 2]
+    assert loaded.metadata["test_accuracy"] == 0.5
+    x = torch.tensor(test_digits.images[:16]).float().unsqueeze(1) / 255
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), Ensemble(nets)(x), atol=1e-6)
+    recognizer = load_model(path)
+    assert recognizer.parameter_count == 3 * sum(p.numel() for p in nets[0].parameters())
+    [prediction] = recognizer.predict(test_digits.images[0])
+    assert prediction.digit is not None
+
+
+def test_an_ensemble_file_missing_a_member_is_a_clear_error(tmp_path):
+    path = tmp_path / "ensemble.safetensors"
+    checkpoint.save_ensemble(path, [_net(1), _net(2)], [{}, {}], {})
+    tensors, metadata = checkpoint.read(path)
+    checkpoint.save(path, {k: v for k, v in tensors.items() if k.startswith("member0.")}, metadata)
+    with pytest.raises(CheckpointError, match="do not fit"):
+        checkpoint.load_model(path)
+
+
+def test_train_ensemble_writes_members_and_an_evaluated_ensemble(monkeypatch, mnist_dir, tmp_path, capsys):
+    monkeypatch.setenv("MNIST_DIGITS_DATA", str(mnist_dir))
+    run = tmp_path / "run"
+    args = ["train", "--dry-run", "--no-progress", "--ensemble", "2", "--out", str(run)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "ensemble of 2: test accuracy" in out
+    seeds = [
+        checkpoint.read(run / f"member{i}" / "model.safetensors")[1]["train_config"]["seed"] for i in (0, 1)
+    ]
+    assert seeds == [0, 1]
+    ensemble = checkpoint.load_model(run / "ensemble.safetensors")
+    assert len(ensemble.members_metadata) == 2 and 0.1 < ensemble.metadata["test_accuracy"] <= 1
+
+    assert main(["evaluate", "--model", str(run / "ensemble.safetensors"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy"] == pytest.approx(ensemble.metadata["test_accuracy"])
+
+    # Resuming a finished ensemble trains nothing more and gives the same ensemble.
+    assert main([*args, "--resume"]) == 0
+    out = capsys.readouterr()
+    assert out.err.count("nothing left to train") == 2 or out.out.count("nothing left to train") == 2
+    again = checkpoint.load_model(run / "ensemble.safetensors")
+    assert again.metadata["test_accuracy"] == ensemble.metadata["test_accuracy"]
+
+
+def test_predict_with_onnx_runtime_matches_pytorch(tmp_path, monkeypatch, test_digits, capsys):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model_path = tmp_path / "tiny.safetensors"
+    checkpoint.save_model(model_path, _net(5), {})
+    pixels = [test_digits.images[i] for i in range(20)]
+    by_torch = load_model(model_path).predict(pixels)
+    by_onnx = load_model(model_path, runtime="onnx").predict(pixels)
+    assert [p.digit for p in by_onnx] == [p.digit for p in by_torch]
+    assert np.allclose([p.probability for p in by_onnx], [p.probability for p in by_torch], atol=1e-4)
+    assert len(list((tmp_path / "cache").rglob("*.onnx"))) == 1  # exported once, then reused
+    load_model(model_path, runtime="onnx")
+    assert len(list((tmp_path / "cache").rglob("*.onnx"))) == 1
+
+    from PIL import Image
+
+    image = tmp_path / "digit.png"
+    Image.fromarray(test_digits.images[0]).save(image)
+    onnx_file = next((tmp_path / "cache").rglob("*.onnx"))
+    assert main(["predict", "--model", str(onnx_file), "--json", str(image)]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["digit"] == by_torch[0].digit
+    with pytest.raises(Exception, match="--tta needs the PyTorch model"):
+        load_model(onnx_file, tta=True)
