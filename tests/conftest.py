@@ -330,3 +330,11 @@ def png_declaring() -> Callable[[int, int], bytes]:
         return bytes(content)
 
     return build
+
+
+@pytest.fixture(scope="module")
+def trained_server(trained_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The real server with a trained model and its own feedback database, for one test module."""
+    running = RunningServer(trained_model, tmp_path_factory.mktemp("db") / "feedback.sqlite3")
+    yield running
+    running.stop()

@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import REPO, RunningServer
+from conftest import REPO
 from PIL import Image, ImageDraw
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -59,13 +59,6 @@ def browser():
         browser.close()
 
 
-@pytest.fixture(scope="module")
-def server(trained_model, tmp_path_factory):
-    running = RunningServer(trained_model, tmp_path_factory.mktemp("db") / "feedback.sqlite3")
-    yield running
-    running.stop()
-
-
 def stroke_points(page, stroke, steps=8):
     """A stroke's points in page pixels, with `steps` points on each segment."""
     box = page.locator("#pad").bounding_box()
@@ -109,14 +102,14 @@ def draw_with(page, strokes, device):
     cdp.detach()
 
 
-def test_drawn_digits_are_read_live_and_a_correction_is_saved(browser, server):
+def test_drawn_digits_are_read_live_and_a_correction_is_saved(browser, trained_server):
     from playwright.sync_api import expect
 
     page = browser.new_page(viewport={"width": 1200, "height": 760})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("requestfailed", lambda r: errors.append(f"{r.url}: {r.failure}"))
-    page.goto(server.url)
+    page.goto(trained_server.url)
     expect(page.locator("#model-info")).to_contain_text("Model:")
 
     for digit, strokes in DIGITS.items():
@@ -141,7 +134,7 @@ def test_drawn_digits_are_read_live_and_a_correction_is_saved(browser, server):
     expect(page.locator("#status")).to_contain_text("saved as a 9")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "page-desktop.png"), full_page=True)
-    with sqlite3.connect(server.feedback_db) as connection:
+    with sqlite3.connect(trained_server.feedback_db) as connection:
         predicted, label, model = connection.execute(
             "SELECT predicted, label, model FROM feedback ORDER BY id DESC"
         ).fetchone()
@@ -150,7 +143,7 @@ def test_drawn_digits_are_read_live_and_a_correction_is_saved(browser, server):
     page.close()
 
 
-def test_an_uploaded_photo_is_read(browser, server, tmp_path):
+def test_an_uploaded_photo_is_read(browser, trained_server, tmp_path):
     from playwright.sync_api import expect
 
     photo = Image.new("RGB", (600, 800), (225, 222, 210))  # grayish paper, dark pen
@@ -160,30 +153,30 @@ def test_an_uploaded_photo_is_read(browser, server, tmp_path):
     photo.save(path, quality=85)
 
     page = browser.new_page(viewport={"width": 1200, "height": 760})
-    page.goto(server.url)
+    page.goto(trained_server.url)
     page.set_input_files("#upload", str(path))
     expect(page.locator("#digit")).to_have_text("7", timeout=10_000)
     page.close()
 
 
-def test_a_pen_draws_too(browser, server):
+def test_a_pen_draws_too(browser, trained_server):
     from playwright.sync_api import expect
 
     page = browser.new_page(viewport={"width": 1200, "height": 760})
-    page.goto(server.url)
+    page.goto(trained_server.url)
     draw_with(page, DIGITS[1], "pen")
     expect(page.locator("#digit")).to_have_text("1", timeout=10_000)
     page.close()
 
 
-def test_a_finger_draws_on_a_phone_and_the_page_fits_it(browser, server):
+def test_a_finger_draws_on_a_phone_and_the_page_fits_it(browser, trained_server):
     from playwright.sync_api import expect
 
     context = browser.new_context(
         viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
     )
     page = context.new_page()
-    page.goto(server.url)
+    page.goto(trained_server.url)
     draw_with(page, DIGITS[7], "touch")
     expect(page.locator("#digit")).to_have_text("7", timeout=10_000)
     assert page.evaluate("() => window.scrollY") == 0  # the finger drew; it did not scroll the page

@@ -27,13 +27,6 @@ def server(tiny_model_file, tmp_path_factory):
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def trained_server(trained_model, tmp_path_factory):
-    running = RunningServer(trained_model, tmp_path_factory.mktemp("db") / "feedback.sqlite3")
-    yield running
-    running.stop()
-
-
 def call(url, body=None, content_type=None, method=None, headers=None):
     """(status, headers, parsed JSON or raw bytes) of one request; HTTP errors are answers too."""
     request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))

@@ -15,6 +15,8 @@ from .errors import MnistDigitsError
 from .resume import TrainingInterrupted
 
 if TYPE_CHECKING:
+    from .checkpoint import LoadedModel
+    from .evaluate import Evaluation
     from .predict import Recognizer
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
@@ -446,16 +448,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def _evaluate_on_test_set(args: argparse.Namespace) -> tuple[LoadedModel, data.Mnist, Evaluation]:
+    """--model (with --tta if asked) on the official test set."""
     from .ensemble import as_ensemble
-    from .evaluate import evaluate_model, format_report
+    from .evaluate import evaluate_model
     from .pretrained import load
     from .train import pick_device
 
     device = pick_device(args.device)
     loaded = load(args.model, device)
     mnist = _load_data(args)
-    evaluation = evaluate_model(as_ensemble(loaded.model, args.tta), mnist.test, device)
+    return loaded, mnist, evaluate_model(as_ensemble(loaded.model, args.tta), mnist.test, device)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import format_report
+
+    loaded, mnist, evaluation = _evaluate_on_test_set(args)
     figures = []
     if args.out:
         from . import plots
@@ -518,16 +527,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .ensemble import TTA_VIEWS, as_ensemble
-    from .evaluate import evaluate_model
-    from .pretrained import load
+    from .ensemble import TTA_VIEWS
     from .report import format_accuracy, write_report
-    from .train import pick_device
 
-    device = pick_device(args.device)
-    loaded = load(args.model, device)
-    mnist = _load_data(args)
-    evaluation = evaluate_model(as_ensemble(loaded.model, args.tta), mnist.test, device)
+    loaded, mnist, evaluation = _evaluate_on_test_set(args)
     members = loaded.members_metadata
     config = members[0].get("train_config") or {}
     details = {

@@ -232,7 +232,12 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
 
 
 class Scheduler:
-    """A learning-rate schedule: told of every optimizer step and every validated epoch."""
+    """A learning-rate schedule: told of every optimizer step and every validated epoch.
+
+    Subclasses wrap one of PyTorch's schedulers in `self.scheduler`, whose state is saved.
+    """
+
+    scheduler: Any  # a torch.optim.lr_scheduler instance
 
     def after_batch(self) -> None:
         pass
@@ -245,10 +250,10 @@ class Scheduler:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return self.scheduler.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+        self.scheduler.load_state_dict(state)
 
 
 class PlateauScheduler(Scheduler):
@@ -282,12 +287,6 @@ class PlateauScheduler(Scheduler):
             f"without a better validation accuracy, never below {c.min_lr:.0e}"
         )
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.scheduler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scheduler.load_state_dict(state)
-
 
 class OneCycleScheduler(Scheduler):
     """Smith's one-cycle policy: lr rises to its peak, then anneals (cosine) to nearly zero."""
@@ -315,12 +314,6 @@ class OneCycleScheduler(Scheduler):
             f"one-cycle learning rate over {self.total_steps:,} steps: {c.lr / 25:.1e} rising to "
             f"{c.lr:.1e} in the first {c.warmup:.0%}, then down to {c.lr / 25e3:.1e}"
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.scheduler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scheduler.load_state_dict(state)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, train_size: int) -> Scheduler:
