@@ -129,3 +129,14 @@ def test_predict_with_onnx_runtime_matches_pytorch(tmp_path, monkeypatch, test_d
     assert row["digit"] == by_torch[0].digit
     with pytest.raises(Exception, match="--tta needs the PyTorch model"):
         load_model(onnx_file, tta=True)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_an_ensemble_exports_to_onnx_and_computes_the_same(tmp_path, test_digits, tta):
+    pytest.importorskip("onnxruntime")
+    from mnist_digits.export import OnnxModel, export_onnx, max_difference
+
+    ensemble = Ensemble([_net(1), _net(2)], tta=tta)
+    path = export_onnx(ensemble, tmp_path / "ensemble.onnx")
+    x = test_digits.images[:8, None].astype(np.float32) / 255
+    assert max_difference(OnnxModel.load(path), ensemble, x) < 1e-4
