@@ -1,4 +1,4 @@
-"""The model shipped inside the package must load by name and keep the reference accuracy."""
+"""The models shipped inside the package load by name and keep the accuracy they state."""
 
 import pytest
 
@@ -25,3 +25,12 @@ def test_reference_model_reaches_the_reference_accuracy_on_the_official_test_set
     evaluation = evaluate_model(loaded.model, mnist.test)
     assert evaluation.accuracy >= 0.9955
     assert evaluation.accuracy == pytest.approx(loaded.metadata["test_accuracy"], abs=1e-4)
+
+
+def test_best_model_ships_beside_the_reference_and_beats_it(mnist):
+    assert set(pretrained.available()) >= {"reference", "best"}
+    loaded = pretrained.load("best")
+    assert loaded.metadata["train_config"]["recipe"] == "best"
+    evaluation = evaluate_model(loaded.model, mnist.test)
+    assert evaluation.accuracy == pytest.approx(loaded.metadata["test_accuracy"], abs=1e-4)
+    assert evaluation.accuracy > pretrained.load("reference").metadata["test_accuracy"]
