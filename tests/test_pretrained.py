@@ -34,3 +34,16 @@ def test_best_model_ships_beside_the_reference_and_beats_it(mnist):
     evaluation = evaluate_model(loaded.model, mnist.test)
     assert evaluation.accuracy == pytest.approx(loaded.metadata["test_accuracy"], abs=1e-4)
     assert evaluation.accuracy > pretrained.load("reference").metadata["test_accuracy"]
+
+
+def test_shipped_ensemble_averages_three_best_recipe_networks(mnist):
+    from mnist_digits.ensemble import Ensemble
+
+    loaded = pretrained.load("ensemble")
+    assert isinstance(loaded.model, Ensemble) and len(loaded.model.members) == 3
+    assert [m["train_config"]["seed"] for m in loaded.members_metadata] == [0, 1, 2]
+    assert all(m["train_config"]["recipe"] == "best" for m in loaded.members_metadata)
+    evaluation = evaluate_model(loaded.model, mnist.test)
+    assert evaluation.accuracy == pytest.approx(loaded.metadata["test_accuracy"], abs=1e-4)
+    members = [m["test_accuracy"] for m in loaded.members_metadata]
+    assert evaluation.accuracy >= sum(members) / len(members)
