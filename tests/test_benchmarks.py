@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -38,3 +39,30 @@ def test_speed_benchmark_reports_pytorch_and_onnx_rows(tmp_path, mnist_dir):
         assert row.get("images_per_second", 1) > 0 and row.get("p50_ms", 1) > 0
         assert row.get("p99_ms", 1) >= row.get("p50_ms", 0)
     assert "estimated fp32 peak" in done.stdout and "ONNX Runtime int8" in done.stdout
+
+
+def test_outside_mnist_benchmark_reads_digits_in_the_uci_format(test_digits, reference_recognizer):
+    """The control path of benchmarks/outside_mnist.py, which needs no scikit-learn: MNIST test
+    digits turned into UCI's 8x8 block counts, scaled back up and read like anyone's image."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import outside_mnist
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    counts = outside_mnist.mnist_as_uci(test_digits.images)
+    assert counts.shape == (len(test_digits.labels), 8, 8)
+    assert counts.min() == 0 and counts.max() == 16  # inked pixels of a 4x4 block
+    ones = counts[test_digits.labels == 1]
+    assert (ones.sum(1) > 0).sum(1).mean() < 5  # a 1 keeps its shape: narrow, not stretched square
+    image = outside_mnist.as_image(counts[0])
+    assert image.shape == (48, 48) and image.dtype == np.uint8
+
+    predicted = outside_mnist.read(reference_recognizer, *outside_mnist.prepare(counts))
+    row = outside_mnist.score("reference", False, "control", predicted, test_digits.labels)
+    assert row.errors == int((predicted != test_digits.labels).sum())
+    assert 0.9 < row.accuracy < 1.0  # the 8x8 format loses detail, but digits stay readable
+    assert row.low < row.accuracy < row.high
+    assert "->" in row.confusions
+    table = outside_mnist.format_table([row])
+    assert "control" in table and f"{row.accuracy:.2%}" in table

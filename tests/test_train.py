@@ -142,7 +142,7 @@ from mnist_digits.train import TrainConfig, fit
 if len(sys.argv) > 3:  # deliver a real SIGTERM to this process at a chosen augmented batch
     import os, signal
     from mnist_digits import train
-    calls, augment = [0], train.random_affine
+    calls, augment = [0], train.random_warp
 
     def augment_then_signal(*args, **kwargs):
         calls[0] += 1
@@ -150,7 +150,7 @@ if len(sys.argv) > 3:  # deliver a real SIGTERM to this process at a chosen augm
             os.kill(os.getpid(), signal.SIGTERM)
         return augment(*args, **kwargs)
 
-    train.random_affine = augment_then_signal
+    train.random_warp = augment_then_signal
 
 mnist = data.load(data.locate())
 mnist = replace(mnist, train=data.Split(mnist.train.images[:2400], mnist.train.labels[:2400]))

@@ -120,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: fp32)",
     )
     p.add_argument(
+        "--elastic",
+        type=float,
+        metavar="ALPHA",
+        help="add elastic distortion of this strength (Simard's alpha in pixels, e.g. 34) to the "
+        "recipe's augmentation (default: none)",
+    )
+    p.add_argument(
         "--ensemble",
         type=int,
         default=1,
@@ -382,6 +389,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         precision=args.precision,
     )
+    if args.elastic is not None:
+        config = replace(config, augment=replace(config.augment, elastic=args.elastic))
     if args.ensemble < 1:
         raise MnistDigitsError(f"--ensemble {args.ensemble}: give the number of networks, 1 or more.")
     # Under torchrun: one process per GPU (or CPU share); the main one fetches data first.

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import checkpoint, distributed
-from .augment import AugmentConfig, random_affine
+from .augment import AugmentConfig, random_warp
 from .data import Mnist, Split, split_validation, to_tensors
 from .distributed import SINGLE_PROCESS, Cluster
 from .errors import MnistDigitsError
@@ -90,19 +90,23 @@ RECIPES: dict[str, TrainConfig] = {
     # The Keras notebook's recipe, exactly.
     "reference": TrainConfig(),
     # 99.5% on the test set in the least time on a 2-core CPU: a half-width network with
-    # BatchNorm after every convolution, AdamW on a one-cycle schedule, lighter augmentation
-    # and dropout for a short run. Chosen on the validation split (see README).
+    # BatchNorm after every convolution and no dropout (dropout's random masks cost a sixth
+    # of a step here, and BatchNorm regularizes enough for 5 epochs), AdamW on a one-cycle
+    # schedule to a high peak, batch 256, label smoothing, lighter augmentation. Chosen on
+    # the validation split (see README).
     "fast": TrainConfig(
         recipe="fast",
-        epochs=8,
-        batch_size=128,
+        epochs=5,
+        batch_size=256,
         optimizer="adamw",
-        lr=3e-3,
+        lr=8e-3,
+        warmup=0.15,
         weight_decay=5e-4,
+        label_smoothing=0.1,
         schedule="onecycle",
-        augment=AugmentConfig(rotation=10.0, zoom=0.08, shift=0.08),
+        augment=AugmentConfig(rotation=8.0, zoom=0.06, shift=0.06),
         model=ModelConfig(
-            channels=(16, 32, 64), dropout_first=0.05, dropout=0.05, conv_batchnorm=True, bn_momentum=0.1
+            channels=(16, 32, 64), dropout_first=0.0, dropout=0.0, conv_batchnorm=True, bn_momentum=0.1
         ),
     ),
     # The most accurate single network: the reference width with BatchNorm after every
@@ -173,7 +177,7 @@ def train_one_epoch(
         index = progress.order[first : first + config.batch_size]
         if len(index) < 2 * cluster.world_size:
             break  # BatchNorm cannot normalize a batch of one
-        batch = random_affine(images[index], config.augment, generator)
+        batch = random_warp(images[index], config.augment, generator)
         share = slice(cluster.rank, None, cluster.world_size)
         batch, index = batch[share].contiguous(memory_format=torch.channels_last), index[share]
         with torch.autocast(images.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
