@@ -133,14 +133,15 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
 
 
 def format_table(rows: list[Row]) -> str:
+    w = max([len("model"), *(len(r.model) for r in rows)]) + 2  # long model paths stay apart
     lines = [
-        f"{'model':<12}{'tta':<5}{'digits from':<22}{'n':>6}{'accuracy':>10}{'95% interval':>18}"
+        f"{'model':<{w}}{'tta':<5}{'digits from':<22}{'n':>6}{'accuracy':>10}{'95% interval':>18}"
         f"{'errors':>8}  commonest mistakes"
     ]
     for r in rows:
         interval = f"{r.low:.2%}-{r.high:.2%}"
         lines.append(
-            f"{r.model:<12}{'yes' if r.tta else 'no':<5}{r.digits_from:<22}{r.digits:>6}{r.accuracy:>10.2%}"
+            f"{r.model:<{w}}{'yes' if r.tta else 'no':<5}{r.digits_from:<22}{r.digits:>6}{r.accuracy:>10.2%}"
             f"{interval:>18}{r.errors:>8}  {r.confusions}"
         )
     return "\n".join(lines)

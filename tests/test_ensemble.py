@@ -70,6 +70,26 @@ def test_ensemble_file_round_trips_with_each_members_metadata(tmp_path, test_dig
     assert prediction.digit is not None
 
 
+def test_a_half_precision_ensemble_file_is_half_the_size_and_loads_the_rounded_weights(tmp_path):
+    nets = [_net(1), _net(2)]
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    checkpoint.save_ensemble(full, nets, [{}, {}], {})
+    checkpoint.save_ensemble(half, nets, [{}, {}], {}, half=True)
+    tensors, metadata = checkpoint.read(half)
+    assert metadata["weights_dtype"] == "float16"
+    assert {v.dtype for v in tensors.values()} == {torch.float16, torch.int64}  # BatchNorm's step count
+    weights = sum(v.numel() * 4 for v in checkpoint.read(full)[0].values() if v.is_floating_point())
+    assert full.stat().st_size - half.stat().st_size >= weights // 2 - 64
+    loaded = checkpoint.load_model(half).model
+    for net in nets:
+        original = net.state_dict()["0.weight"].clone()
+        checkpoint.round_to_half(net)
+        assert not torch.equal(net.state_dict()["0.weight"], original)  # rounding changed something
+    for got, net in zip(members(loaded), nets, strict=True):
+        for k, v in net.state_dict().items():
+            assert got.state_dict()[k].dtype == v.dtype and torch.equal(got.state_dict()[k], v), k
+
+
 def test_an_ensemble_file_missing_a_member_is_a_clear_error(tmp_path):
     path = tmp_path / "ensemble.safetensors"
     checkpoint.save_ensemble(path, [_net(1), _net(2)], [{}, {}], {})
@@ -103,6 +123,33 @@ def test_train_ensemble_writes_members_and_an_evaluated_ensemble(monkeypatch, mn
     assert out.err.count("nothing left to train") == 2 or out.out.count("nothing left to train") == 2
     again = checkpoint.load_model(run / "ensemble.safetensors")
     assert again.metadata["test_accuracy"] == ensemble.metadata["test_accuracy"]
+
+
+def test_join_makes_one_ensemble_of_models_and_ensembles_of_different_recipes(
+    monkeypatch, mnist_dir, tmp_path, capsys
+):
+    monkeypatch.setenv("MNIST_DIGITS_DATA", str(mnist_dir))
+    single, pair, joined = (tmp_path / f"{n}.safetensors" for n in ("single", "pair", "joined"))
+    wide = DigitNet(ModelConfig(channels=(8, 8, 16), hidden=16)).eval()
+    checkpoint.save_model(single, wide, {"train_config": {"recipe": "lean", "seed": 7}})
+    checkpoint.save_ensemble(
+        pair, [_net(1), _net(2)], [{"train_config": {"recipe": "best", "seed": s}} for s in (0, 1)], {}
+    )
+
+    assert main(["join", str(single), str(pair), "-o", str(joined)]) == 0
+    assert "ensemble of 3 networks: test accuracy" in capsys.readouterr().out
+    loaded = checkpoint.load_model(joined)
+    assert [m["train_config"]["seed"] for m in loaded.members_metadata] == [7, 0, 1]
+    assert loaded.metadata["weights_dtype"] == "float16"
+    assert "train_config" not in loaded.metadata  # two recipes: no one config speaks for all
+    assert [n.config for n in members(loaded.model)] == [wide.config, TINY, TINY]
+    assert main(["evaluate", "--model", str(joined), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(loaded.metadata["test_accuracy"])
+
+    assert main(["join", str(single), str(joined), "-o", str(joined)]) == 1
+    assert "is one of the models to join" in capsys.readouterr().err
+    assert main(["join", str(single), "-o", str(tmp_path / "joined.pt")]) == 1
+    assert "must end in .safetensors" in capsys.readouterr().err
 
 
 def test_predict_with_onnx_runtime_matches_pytorch(tmp_path, monkeypatch, test_digits, capsys):

@@ -36,13 +36,14 @@ def test_best_model_ships_beside_the_reference_and_beats_it(mnist):
     assert evaluation.accuracy > pretrained.load("reference").metadata["test_accuracy"]
 
 
-def test_shipped_ensemble_averages_three_best_recipe_networks(mnist):
+def test_shipped_ensemble_averages_best_and_lean_recipe_networks(mnist):
     from mnist_digits.ensemble import Ensemble
 
     loaded = pretrained.load("ensemble")
-    assert isinstance(loaded.model, Ensemble) and len(loaded.model.members) == 3
-    assert [m["train_config"]["seed"] for m in loaded.members_metadata] == [0, 1, 2]
-    assert all(m["train_config"]["recipe"] == "best" for m in loaded.members_metadata)
+    assert isinstance(loaded.model, Ensemble) and len(loaded.model.members) == 8
+    recipes = [(m["train_config"]["recipe"], m["train_config"]["seed"]) for m in loaded.members_metadata]
+    assert recipes == [("best", s) for s in range(3)] + [("lean", s) for s in range(5)]
+    assert loaded.metadata["weights_dtype"] == "float16"
     evaluation = evaluate_model(loaded.model, mnist.test)
     assert evaluation.accuracy == pytest.approx(loaded.metadata["test_accuracy"], abs=1e-4)
     members = [m["test_accuracy"] for m in loaded.members_metadata]

@@ -103,18 +103,35 @@ def build_model(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path
     return model
 
 
+def as_half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Floating-point tensors in float16, others (BatchNorm's step counts) as they are."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def round_to_half(model: torch.nn.Module) -> None:
+    """Round the weights, in place, to the values a float16 file stores (computing stays float32)."""
+    model.load_state_dict(as_half(model.state_dict()))
+
+
 def save_ensemble(
-    path: Path, models: list[DigitNet], members: list[dict[str, Any]], metadata: dict[str, Any]
+    path: Path,
+    models: list[DigitNet],
+    members: list[dict[str, Any]],
+    metadata: dict[str, Any],
+    half: bool = False,
 ) -> None:
     """One file for several networks: member i's weights under "member{i}.", its metadata
-    (as save_model writes it) in the list metadata["members"]."""
+    (as save_model writes it) in the list metadata["members"]. `half` stores the weights as
+    float16, half the size; loading turns them back into float32."""
     tensors: dict[str, torch.Tensor] = {}
     for i, model in enumerate(models):
         tensors.update({MEMBER_PREFIX.format(i) + k: v for k, v in model_tensors(model).items()})
     members = [
         {**m, "model_config": model.config.to_dict()} for m, model in zip(members, models, strict=True)
     ]
-    save(path, tensors, {**metadata, "members": members, "environment": environment()})
+    dtype = "float16" if half else "float32"
+    metadata = {**metadata, "members": members, "weights_dtype": dtype, "environment": environment()}
+    save(path, as_half(tensors) if half else tensors, metadata)
 
 
 @dataclass

@@ -132,20 +132,27 @@ def record_test_result(
 def record_ensemble(
     path: Path, member_paths: list[Path], test: Split, device: torch.device | str
 ) -> Evaluation:
-    """Join trained members into one ensemble file, evaluate it on the official test set once,
-    and store the result in its metadata."""
+    """Join trained models into one ensemble file, evaluate it on the official test set once,
+    and store the result in its metadata. A path may be an ensemble itself: its networks join
+    one by one. The file holds float16 weights (half the size; the networks still compute in
+    float32), and the evaluation is of exactly those weights."""
     from . import checkpoint
-    from .ensemble import Ensemble
+    from .ensemble import Ensemble, members
 
     loaded = [checkpoint.load_model(p, device) for p in member_paths]
-    networks = [m.model for m in loaded]
-    evaluation = evaluate_model(Ensemble(networks), test, device)  # type: ignore[arg-type]
+    networks = [network for m in loaded for network in members(m.model)]
+    networks_metadata = [metadata for m in loaded for metadata in m.members_metadata]
+    for network in networks:
+        checkpoint.round_to_half(network)
+    evaluation = evaluate_model(Ensemble(networks), test, device)
+    configs = [m.get("train_config") for m in networks_metadata]
     metadata = {
         "test_accuracy": evaluation.accuracy,
         "test_loss": evaluation.loss,
-        "train_config": loaded[0].metadata.get("train_config"),
-        "data_sha256": loaded[0].metadata.get("data_sha256"),
-        "train_seconds": sum(m.metadata.get("train_seconds", 0.0) for m in loaded),
+        "data_sha256": networks_metadata[0].get("data_sha256"),
+        "train_seconds": sum(m.get("train_seconds", 0.0) for m in networks_metadata),
     }
-    checkpoint.save_ensemble(path, networks, [m.metadata for m in loaded], metadata)  # type: ignore[arg-type]
+    if all(c == configs[0] for c in configs):  # one recipe, seeds apart
+        metadata["train_config"] = configs[0]
+    checkpoint.save_ensemble(path, networks, networks_metadata, metadata, half=True)
     return evaluation

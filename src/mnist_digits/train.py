@@ -86,29 +86,35 @@ class TrainConfig:
         return cls(**values)
 
 
+# 99.5% on the test set in the least time on a 2-core CPU: a half-width network with
+# BatchNorm after every convolution and no dropout (dropout's random masks cost a sixth
+# of a step here, and BatchNorm regularizes enough for 5 epochs), AdamW on a one-cycle
+# schedule to a high peak, batch 256, label smoothing, lighter augmentation. Chosen on
+# the validation split (see README).
+_FAST = TrainConfig(
+    recipe="fast",
+    epochs=5,
+    batch_size=256,
+    optimizer="adamw",
+    lr=8e-3,
+    warmup=0.15,
+    weight_decay=5e-4,
+    label_smoothing=0.1,
+    schedule="onecycle",
+    augment=AugmentConfig(rotation=8.0, zoom=0.06, shift=0.06),
+    model=ModelConfig(
+        channels=(16, 32, 64), dropout_first=0.0, dropout=0.0, conv_batchnorm=True, bn_momentum=0.1
+    ),
+)
+
 RECIPES: dict[str, TrainConfig] = {
     # The Keras notebook's recipe, exactly.
     "reference": TrainConfig(),
-    # 99.5% on the test set in the least time on a 2-core CPU: a half-width network with
-    # BatchNorm after every convolution and no dropout (dropout's random masks cost a sixth
-    # of a step here, and BatchNorm regularizes enough for 5 epochs), AdamW on a one-cycle
-    # schedule to a high peak, batch 256, label smoothing, lighter augmentation. Chosen on
-    # the validation split (see README).
-    "fast": TrainConfig(
-        recipe="fast",
-        epochs=5,
-        batch_size=256,
-        optimizer="adamw",
-        lr=8e-3,
-        warmup=0.15,
-        weight_decay=5e-4,
-        label_smoothing=0.1,
-        schedule="onecycle",
-        augment=AugmentConfig(rotation=8.0, zoom=0.06, shift=0.06),
-        model=ModelConfig(
-            channels=(16, 32, 64), dropout_first=0.0, dropout=0.0, conv_batchnorm=True, bn_momentum=0.1
-        ),
-    ),
+    "fast": _FAST,
+    # The fast recipe's network trained six times longer with the reference augmentation:
+    # as accurate as `best` on the validation split (seed 0: 99.50% against 99.48%) in 40% of
+    # its time; its members are a cheap way to grow an ensemble.
+    "lean": replace(_FAST, recipe="lean", epochs=30, augment=AugmentConfig()),
     # The most accurate single network: the reference width with BatchNorm after every
     # convolution, the reference augmentation, label smoothing, AdamW on a one-cycle schedule.
     "best": TrainConfig(
