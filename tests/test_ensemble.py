@@ -112,6 +112,7 @@ def test_train_ensemble_writes_members_and_an_evaluated_ensemble(monkeypatch, mn
     assert seeds == [0, 1]
     ensemble = checkpoint.load_model(run / "ensemble.safetensors")
     assert len(ensemble.members_metadata) == 2 and 0.1 < ensemble.metadata["test_accuracy"] <= 1
+    assert ensemble.metadata["train_config"]["recipe"] == "reference"  # one recipe: it is recorded
 
     assert main(["evaluate", "--model", str(run / "ensemble.safetensors"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -145,14 +145,14 @@ def record_ensemble(
     for network in networks:
         checkpoint.round_to_half(network)
     evaluation = evaluate_model(Ensemble(networks), test, device)
-    configs = [m.get("train_config") for m in networks_metadata]
+    configs = [m.get("train_config") or {} for m in networks_metadata]
     metadata = {
         "test_accuracy": evaluation.accuracy,
         "test_loss": evaluation.loss,
         "data_sha256": networks_metadata[0].get("data_sha256"),
         "train_seconds": sum(m.get("train_seconds", 0.0) for m in networks_metadata),
     }
-    if all(c == configs[0] for c in configs):  # one recipe, seeds apart
+    if len({c.get("recipe") for c in configs}) == 1:  # one recipe, seeds apart: the first speaks for all
         metadata["train_config"] = configs[0]
     checkpoint.save_ensemble(path, networks, networks_metadata, metadata, half=True)
     return evaluation
