@@ -23,7 +23,7 @@ class ModelConfig:
     bn_momentum: float = 0.01  # = 1 - Keras' momentum 0.99 (PyTorch counts the other way)
     bn_eps: float = 1e-3  # Keras' BatchNormalization epsilon
     conv_batchnorm: bool = False  # BatchNorm after every convolution (not in the reference):
-    # faster, steadier training at high learning rates, used by the fast and best recipes
+    # faster, steadier training at high learning rates, used by every recipe but the reference
 
     def to_dict(self) -> dict:
         return asdict(self)
