@@ -47,12 +47,13 @@ def test_data_dir_with_a_bad_file_is_an_error_not_a_download(tmp_path, capsys, m
 def test_dry_run_training_then_evaluate_with_figures(data_env, tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "--dry-run", "--no-progress", "--out", str(run), "--seed", "3", "--elastic", "20"]
-    assert main(argv) == 0
+    assert main([*argv, "--ema", "0.99"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out
     metadata = checkpoint.load_model(run / "model.safetensors").metadata
     assert 0.1 < metadata["test_accuracy"] <= 1 and metadata["train_config"]["seed"] == 3
     assert metadata["train_config"]["augment"]["elastic"] == 20.0
+    assert metadata["train_config"]["ema"] == 0.99
     assert len(metadata["history"]) == 1
 
     figures = tmp_path / "figures"

@@ -7,7 +7,7 @@ import torch
 
 from mnist_digits import checkpoint
 from mnist_digits.augment import AugmentConfig
-from mnist_digits.data import Mnist, Split, split_validation
+from mnist_digits.data import Mnist, Split, split_validation, to_tensors
 from mnist_digits.errors import CheckpointError, MnistDigitsError
 from mnist_digits.model import DigitNet, ModelConfig
 from mnist_digits.train import RECIPES, PlateauScheduler, TrainConfig, fit, recipe
@@ -84,8 +84,9 @@ def test_fit_logs_learning_rate_changes(small_mnist, tmp_path):
     assert len(changes) == 2 and "1.00e-03 -> 5.00e-04" in changes[0]
 
 
-def test_resumed_run_matches_an_uninterrupted_one(small_mnist, tmp_path):
-    config = replace(SMALL, augment=AugmentConfig())
+@pytest.mark.parametrize("ema", [0.0, 0.9], ids=["plain", "weight-average"])
+def test_resumed_run_matches_an_uninterrupted_one(small_mnist, tmp_path, ema):
+    config = replace(SMALL, augment=AugmentConfig(), ema=ema)
     whole = fit(config, small_mnist, tmp_path / "whole", progress=False, log=lambda m: None)
     fit(replace(config, epochs=1), small_mnist, tmp_path / "split", progress=False, log=lambda m: None)
     # Pretend the run was stopped after epoch 1: same directory, full config, --resume.
@@ -113,6 +114,36 @@ def test_existing_run_is_never_overwritten_and_resume_needs_the_same_settings(sm
     assert (tmp_path / "model.safetensors").read_bytes() == before
     with pytest.raises(MnistDigitsError, match="nothing to resume"):
         fit(config, small_mnist, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_weight_average_is_what_is_validated_and_saved(small_mnist, tmp_path):
+    config = replace(SMALL, ema=0.9)
+    result = fit(config, small_mnist, tmp_path, progress=False, log=lambda m: None)
+    saved = checkpoint.load_model(tmp_path / "model.safetensors")
+    assert saved.metadata["epoch"] == result.best_epoch
+    # the training checkpoint holds the raw weights of the last epoch; the model file, the average
+    raw = checkpoint.load_model(tmp_path / "checkpoint.safetensors").model.state_dict()
+    averaged = saved.model.state_dict()
+    assert not any(torch.equal(raw[k], averaged[k]) for k in averaged if averaged[k].is_floating_point())
+    _, val = split_validation(small_mnist.train, config.val_fraction, config.seed)
+    images, labels = to_tensors(val)
+    with torch.no_grad():
+        accuracy = (saved.model(images).argmax(1) == labels).float().mean().item()
+    assert accuracy == pytest.approx(result.best_val_accuracy, abs=1e-6)
+    with pytest.raises(MnistDigitsError, match="decay"):
+        TrainConfig(ema=1.0)
+
+
+def test_checkpoint_from_before_a_new_setting_still_resumes(small_mnist, tmp_path):
+    config = replace(SMALL, epochs=1)
+    fit(config, small_mnist, tmp_path, progress=False, log=lambda m: None)
+    path = tmp_path / "checkpoint.safetensors"
+    tensors, metadata = checkpoint.read(path)
+    del metadata["train_config"]["ema"]  # as written before weight averaging existed
+    metadata["train_config"]["epochs"] = 2
+    checkpoint.save(path, tensors, metadata)
+    resumed = fit(replace(config, epochs=2), small_mnist, tmp_path, resume=True, progress=False)
+    assert len(resumed.history) == 2
 
 
 def test_recipe_overrides_and_unknown_names():

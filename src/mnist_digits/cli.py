@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         "recipe's augmentation (default: none)",
     )
     p.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="validate and save a moving average of the weights, updated every step with this "
+        "decay (e.g. 0.999); default: the recipe's (none)",
+    )
+    p.add_argument(
         "--ensemble",
         type=int,
         default=1,
@@ -403,6 +410,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         precision=args.precision,
+        ema=args.ema,
     )
     if args.elastic is not None:
         config = replace(config, augment=replace(config.augment, elastic=args.elastic))

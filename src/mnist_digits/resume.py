@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from .errors import CheckpointError, MnistDigitsError
 from .model import DigitNet
 
 EPOCH_PREFIX = "epoch."  # tensors of an epoch in progress
+AVERAGE_PREFIX = "average."  # the moving average of the weights, when training keeps one
 
 
 class TrainingInterrupted(MnistDigitsError):
@@ -69,6 +70,7 @@ class TrainingState:
     generator: torch.Generator  # shuffling and augmentation
     history: list[EpochStats]  # one entry per finished epoch
     in_progress: EpochProgress | None = None  # set when stopped mid-epoch
+    average: torch.nn.Module | None = None  # the weight average (train.make_average), if any
 
 
 def save_state(path: Path, state: TrainingState, train_config: dict[str, Any]) -> None:
@@ -78,6 +80,8 @@ def save_state(path: Path, state: TrainingState, train_config: dict[str, Any]) -
     for index, values in optimizer_state["state"].items():
         for key, value in values.items():
             tensors[f"{checkpoint.OPTIMIZER_PREFIX}{index}.{key}"] = torch.as_tensor(value)
+    if state.average is not None:
+        tensors.update({AVERAGE_PREFIX + k: v for k, v in state.average.state_dict().items()})
     tensors[checkpoint.RNG_PREFIX + "torch"] = torch.get_rng_state()
     tensors[checkpoint.RNG_PREFIX + "generator"] = state.generator.get_state()
     if torch.cuda.is_available():
@@ -97,10 +101,16 @@ def save_state(path: Path, state: TrainingState, train_config: dict[str, Any]) -
     checkpoint.save(path, tensors, {**metadata, "environment": checkpoint.environment()})
 
 
-def restore_state(path: Path, state: TrainingState, train_config: dict[str, Any]) -> None:
-    """Load a checkpoint into `state`, refusing one made with other settings."""
+def restore_state(
+    path: Path,
+    state: TrainingState,
+    train_config: dict[str, Any],
+    complete: Callable[[dict[str, Any]], dict[str, Any]] = lambda config: config,
+) -> None:
+    """Load a checkpoint into `state`, refusing one made with other settings. `complete` fills
+    a saved config's fields that older versions did not record with their defaults."""
     tensors, metadata = checkpoint.read(path)
-    saved = metadata.get("train_config", {})
+    saved = json.loads(json.dumps(complete(metadata.get("train_config", {}))))
     wanted = json.loads(json.dumps(train_config))  # tuples become lists, as when saved
     if saved != wanted:
         changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
@@ -116,6 +126,9 @@ def restore_state(path: Path, state: TrainingState, train_config: dict[str, Any]
             index, name = key[len(checkpoint.OPTIMIZER_PREFIX) :].split(".", 1)
             optimizer_state["state"].setdefault(int(index), {})[name] = value.to(device)
     state.optimizer.load_state_dict(optimizer_state)
+    if state.average is not None:
+        average = {k[len(AVERAGE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(AVERAGE_PREFIX)}
+        state.average.load_state_dict(average)
     state.scheduler.load_state_dict(metadata["scheduler"])
     torch.set_rng_state(tensors[checkpoint.RNG_PREFIX + "torch"])
     state.generator.set_state(tensors[checkpoint.RNG_PREFIX + "generator"])

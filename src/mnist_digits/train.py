@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import checkpoint, distributed
@@ -61,6 +62,8 @@ class TrainConfig:
     plateau_factor: float = 0.5  # lr multiplier at each cut
     plateau_min_delta: float = 1e-4  # accuracy gain that counts as better (Keras' min_delta)
     min_lr: float = 1e-5  # lr never goes below this
+    ema: float = 0.0  # weight averaging: decay of a moving average of the weights (and BatchNorm
+    # statistics) updated every step; the average is validated and saved instead (0: off)
     val_fraction: float = 0.1  # share of the 60,000 training images held out for validation
     seed: int = 0  # seeds weights, dropout, shuffling, augmentation and the validation split
     eval_batch_size: int = 1000  # images per forward pass when evaluating
@@ -74,6 +77,8 @@ class TrainConfig:
             raise MnistDigitsError(f"unknown schedule {self.schedule!r}; choose plateau or onecycle.")
         if self.precision not in ("fp32", "bf16"):
             raise MnistDigitsError(f"unknown precision {self.precision!r}; choose fp32 or bf16.")
+        if not 0.0 <= self.ema < 1.0:
+            raise MnistDigitsError(f"ema {self.ema}: give a decay in [0, 1), such as 0.999 (0: off).")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,8 +178,10 @@ def train_one_epoch(
     bar: tqdm | None = None,
     cluster: Cluster = SINGLE_PROCESS,
     scheduler: Scheduler | None = None,
+    average: AveragedModel | None = None,
 ) -> bool:
-    """Train on shuffled, augmented batches from `progress.step` on, updating `progress`.
+    """Train on shuffled, augmented batches from `progress.step` on, updating `progress`
+    (and the weight average, if there is one).
 
     Returns True when the epoch is complete, False when `stop` was requested first. With
     several processes, every one draws the same global batch and augments it the same way
@@ -205,6 +212,8 @@ def train_one_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.after_batch()
+        if average is not None:
+            average.update_parameters(getattr(model, "module", model))  # unwrapped from DDP
         loss_sum += loss.detach() * len(index)
         correct += (logits.argmax(1) == labels[index]).sum()
         progress.step, progress.seen = step + 1, progress.seen + len(index)
@@ -242,6 +251,22 @@ def evaluate(
     logits = predict_logits(model, images, batch_size)
     loss = F.cross_entropy(logits, labels).item()
     return loss, (logits.argmax(1) == labels).float().mean().item()
+
+
+def _completed(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the fields added since it was written, at their defaults."""
+    try:
+        return TrainConfig.from_dict(saved).to_dict()
+    except (KeyError, TypeError, MnistDigitsError):
+        return saved  # not a config this version can read: compared as it is, and refused
+
+
+def make_average(model: DigitNet, config: TrainConfig) -> AveragedModel | None:
+    """The exponential moving average of the weights and BatchNorm statistics (PyTorch's
+    AveragedModel), or None when the config does not average."""
+    if not config.ema:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -388,15 +413,17 @@ def fit(
         train_model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, len(train_labels))
+    average = make_average(model, config)
     state = TrainingState(
         model=model,
         optimizer=optimizer,
         scheduler=scheduler,
         generator=torch.Generator().manual_seed(config.seed + 1),  # shuffling and augmentation
         history=[],
+        average=average,
     )
     if resume:
-        restore_state(state_path, state, config.to_dict())
+        restore_state(state_path, state, config.to_dict(), _completed)
         where = f"epoch {len(state.history) + 1}"
         if state.in_progress:
             where += f", batch {state.in_progress.step + 1}"
@@ -406,6 +433,13 @@ def fit(
             log(f"Resuming {run_dir} at {where} of {config.epochs}.")
     else:
         log(f"Schedule: {scheduler.describe()}.")
+        if average is not None:
+            log(
+                f"Weight averaging: a moving average of the weights (decay {config.ema}, about the "
+                f"last {1 / (1 - config.ema):,.0f} steps) is validated and saved."
+            )
+    # the network that is validated and saved: the weight average when there is one
+    kept: DigitNet = average.module if average is not None else model  # type: ignore[assignment]
     best = max(state.history, key=lambda s: s.val_accuracy, default=None)
     best_epoch, best_val_accuracy = (best.epoch, best.val_accuracy) if best else (0, -math.inf)
 
@@ -440,6 +474,7 @@ def fit(
                     bar,
                     cluster,
                     scheduler,
+                    average,
                 )
             if not finished:
                 if cluster.is_main:
@@ -450,7 +485,9 @@ def fit(
                     f"the run is saved in {state_path}. Continue it with --resume --out {run_dir}."
                 )
             distributed.sync_buffers(model, cluster)  # every process validates the same network
-            val_loss, val_acc = evaluate(model, val_images, val_labels, config.eval_batch_size)
+            if average is not None:
+                distributed.sync_buffers(kept, cluster)
+            val_loss, val_acc = evaluate(kept, val_images, val_labels, config.eval_batch_size)
             loss_sum, correct, seen = distributed.sum_all(
                 [epoch_progress.loss_sum, epoch_progress.correct, epoch_progress.seen], cluster, device
             )
@@ -484,7 +521,7 @@ def fit(
             if best_epoch == epoch:
                 checkpoint.save_model(
                     run_dir / "model.safetensors",
-                    model,
+                    kept,
                     {**metadata, "epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss},
                 )
             save_state(state_path, state, config.to_dict())
