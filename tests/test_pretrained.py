@@ -54,3 +54,16 @@ def test_shipped_ensemble_averages_networks_of_three_recipes_within_10_mb(mnist)
     assert evaluation.accuracy == pytest.approx(loaded.metadata["test_accuracy"], abs=1e-4)
     members = [m["test_accuracy"] for m in loaded.members_metadata]
     assert evaluation.accuracy >= sum(members) / len(members)
+
+
+def test_every_shipped_network_is_its_recipe_with_its_seed():
+    """`train --recipe NAME --seed S` reproduces each shipped network's settings exactly."""
+    from dataclasses import asdict
+
+    from mnist_digits.train import TrainConfig, recipe
+
+    networks = [pretrained.load(name).metadata for name in ("reference", "best")]
+    networks += pretrained.load("ensemble").members_metadata
+    for metadata in networks:
+        config = TrainConfig.from_dict(metadata["train_config"])
+        assert asdict(config) == asdict(recipe(config.recipe, seed=config.seed)), config

@@ -112,14 +112,19 @@ _FAST = TrainConfig(
     ),
 )
 
+# Weight averaging for the long recipes. With the raw weights trained exactly as before, it
+# raised the mean best-epoch validation accuracy of `best` (seeds 0-2) from 99.64% to 99.68%
+# and of `lean` (seeds 0-4) from 99.60% to 99.63% (README, "Weight averaging").
+_EMA = 0.999
+
 RECIPES: dict[str, TrainConfig] = {
     # The Keras notebook's recipe, exactly.
     "reference": TrainConfig(),
     "fast": _FAST,
-    # The fast recipe's network trained six times longer with the reference augmentation:
-    # as accurate as `full` on the validation split (seed 0: 99.50% against 99.48%) in 40% of
-    # its time; its members are a cheap way to grow an ensemble.
-    "lean": replace(_FAST, recipe="lean", epochs=30, augment=AugmentConfig()),
+    # The fast recipe's network trained six times longer with the reference augmentation,
+    # validating and saving a moving average of its weights: as accurate as `full` on the
+    # validation split in 40% of its time; its members are a cheap way to grow an ensemble.
+    "lean": replace(_FAST, recipe="lean", epochs=30, augment=AugmentConfig(), ema=_EMA),
     # The most accurate single network: `lean` at three quarters of the reference width
     # (24-48-96 channels). On the validation split of seeds 0-2 it beat `lean` and `full`
     # (see README) in about 21 minutes a network on 2 CPU cores.
@@ -128,6 +133,7 @@ RECIPES: dict[str, TrainConfig] = {
         recipe="best",
         epochs=30,
         augment=AugmentConfig(),
+        ema=_EMA,
         model=replace(_FAST.model, channels=(24, 48, 96)),
     ),
     # The reference width with BatchNorm after every convolution, the reference
