@@ -70,24 +70,63 @@ def test_ensemble_file_round_trips_with_each_members_metadata(tmp_path, test_dig
     assert prediction.digit is not None
 
 
-def test_a_half_precision_ensemble_file_is_half_the_size_and_loads_the_rounded_weights(tmp_path):
+@pytest.mark.parametrize(
+    ("dtype", "stored", "bytes_per_weight"), [("float16", torch.float16, 2), ("int8", torch.int8, 1)]
+)
+def test_a_compact_ensemble_file_is_smaller_and_loads_the_rounded_weights(
+    tmp_path, dtype, stored, bytes_per_weight
+):
     nets = [_net(1), _net(2)]
-    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    full, small = tmp_path / "full.safetensors", tmp_path / f"{dtype}.safetensors"
     checkpoint.save_ensemble(full, nets, [{}, {}], {})
-    checkpoint.save_ensemble(half, nets, [{}, {}], {}, half=True)
-    tensors, metadata = checkpoint.read(half)
-    assert metadata["weights_dtype"] == "float16"
-    assert {v.dtype for v in tensors.values()} == {torch.float16, torch.int64}  # BatchNorm's step count
-    weights = sum(v.numel() * 4 for v in checkpoint.read(full)[0].values() if v.is_floating_point())
-    assert full.stat().st_size - half.stat().st_size >= weights // 2 - 64
-    loaded = checkpoint.load_model(half).model
+    checkpoint.save_ensemble(small, nets, [{}, {}], {}, weights_dtype=dtype)
+    assert checkpoint.read(small)[1]["weights_dtype"] == dtype
+    matrices = [v for v in checkpoint.read(full)[0].values() if v.dim() >= 2]
+    saved = sum(v.numel() * (4 - bytes_per_weight) for v in matrices)
+    scales = sum(4 * v.shape[0] + 128 for v in matrices) if dtype == "int8" else 0  # and their headers
+    assert full.stat().st_size - small.stat().st_size >= saved - scales
+    loaded = checkpoint.load_model(small).model
     for net in nets:
-        original = net.state_dict()["0.weight"].clone()
-        checkpoint.round_to_half(net)
-        assert not torch.equal(net.state_dict()["0.weight"], original)  # rounding changed something
+        original = {k: v.clone() for k, v in net.state_dict().items()}
+        checkpoint.round_to_stored(net, dtype)
+        for k, v in net.state_dict().items():  # close to the original, but rounded
+            assert torch.allclose(
+                v.float(), original[k].float(), atol=1e-2 * original[k].abs().max() + 1e-6
+            ), k
+        assert not torch.equal(net.state_dict()["0.weight"], original["0.weight"])
     for got, net in zip(members(loaded), nets, strict=True):
         for k, v in net.state_dict().items():
             assert got.state_dict()[k].dtype == v.dtype and torch.equal(got.state_dict()[k], v), k
+
+
+def test_int8_weights_have_one_scale_per_output_channel_and_survive_a_second_rounding(tmp_path):
+    net = _net(1)
+    with torch.no_grad():
+        net[0].weight[0] *= 1000  # one loud channel must not cost the others their precision
+    stored = checkpoint.compress(net.state_dict(), "int8")
+    assert stored["0.weight"].dtype == torch.int8 and stored["scale.0.weight"].shape == (4,)
+    assert stored["0.bias"].dtype == torch.float16  # vectors stay float16
+    quiet = checkpoint.expand(stored)["0.weight"][1:]
+    assert torch.allclose(
+        quiet, net.state_dict()["0.weight"][1:], atol=net[0].weight[1:].abs().max().item() / 200
+    )
+    checkpoint.round_to_stored(net, "int8")
+    once = {k: v.clone() for k, v in net.state_dict().items()}
+    checkpoint.round_to_stored(net, "int8")  # joining an int8 ensemble again changes nothing
+    assert all(torch.allclose(v, once[k], rtol=1e-6, atol=0) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match="float32, float16, int8"):
+        checkpoint.compress(net.state_dict(), "int4")
+
+
+def test_an_int8_file_whose_scales_do_not_fit_is_a_clear_error(tmp_path):
+    path = tmp_path / "ensemble.safetensors"
+    checkpoint.save_ensemble(path, [_net(1)], [{}], {}, weights_dtype="int8")
+    raw = checkpoint.read(path)[1]
+    tensors = checkpoint.compress(checkpoint.read(path)[0], "int8")
+    tensors["scale.member0.model.0.weight"] = torch.ones(3)  # the kernel has 4 output channels
+    checkpoint.save(path, tensors, raw)
+    with pytest.raises(CheckpointError, match="int8 weights and their scales do not match"):
+        checkpoint.load_model(path)
 
 
 def test_an_ensemble_file_missing_a_member_is_a_clear_error(tmp_path):
@@ -141,11 +180,21 @@ def test_join_makes_one_ensemble_of_models_and_ensembles_of_different_recipes(
     assert "ensemble of 3 networks: test accuracy" in capsys.readouterr().out
     loaded = checkpoint.load_model(joined)
     assert [m["train_config"]["seed"] for m in loaded.members_metadata] == [7, 0, 1]
-    assert loaded.metadata["weights_dtype"] == "float16"
+    assert loaded.metadata["weights_dtype"] == "float16"  # join's default
     assert "train_config" not in loaded.metadata  # two recipes: no one config speaks for all
     assert [n.config for n in members(loaded.model)] == [wide.config, TINY, TINY]
     assert main(["evaluate", "--model", str(joined), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(loaded.metadata["test_accuracy"])
+
+    small = tmp_path / "small.safetensors"
+    assert main(["join", str(joined), "--weights", "int8", "-o", str(small)]) == 0
+    assert "(int8 weights," in capsys.readouterr().out
+    assert checkpoint.load_model(small).metadata["weights_dtype"] == "int8"
+    assert small.stat().st_size < joined.stat().st_size
+    assert main(["evaluate", "--model", str(small), "--json"]) == 0  # what was measured is what was stored
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(
+        checkpoint.load_model(small).metadata["test_accuracy"]
+    )
 
     assert main(["join", str(single), str(joined), "-o", str(joined)]) == 1
     assert "is one of the models to join" in capsys.readouterr().err

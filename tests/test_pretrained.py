@@ -36,7 +36,7 @@ def test_best_model_ships_beside_the_reference_and_beats_it(mnist):
     assert evaluation.accuracy > pretrained.load("reference").metadata["test_accuracy"]
 
 
-def test_shipped_ensemble_averages_networks_of_three_recipes_within_10_mb(mnist):
+def test_shipped_ensemble_averages_networks_of_three_recipes_within_5_mb(mnist):
     from mnist_digits.ensemble import Ensemble
 
     loaded = pretrained.load("ensemble")
@@ -48,8 +48,8 @@ def test_shipped_ensemble_averages_networks_of_three_recipes_within_10_mb(mnist)
         ("full", 2),
         ("full", 1),
     ]
-    assert pretrained.available()["ensemble"].stat().st_size <= 10_000_000
-    assert loaded.metadata["weights_dtype"] == "float16"
+    assert pretrained.available()["ensemble"].stat().st_size <= 5_000_000  # int8: no tracked file over 5 MB
+    assert loaded.metadata["weights_dtype"] == "int8"
     evaluation = evaluate_model(loaded.model, mnist.test)
     assert evaluation.accuracy == pytest.approx(loaded.metadata["test_accuracy"], abs=1e-4)
     members = [m["test_accuracy"] for m in loaded.members_metadata]

@@ -3,7 +3,8 @@
 One file per model keeps weights and description together, is written atomically, and is
 loaded without unpickling anything. The metadata holds the configs (so the model can be
 rebuilt from the file alone), metrics, data checksums, library versions and the date.
-Training checkpoints add the optimizer, scheduler and random-number states under prefixes.
+Training checkpoints add the optimizer, scheduler and random-number states under prefixes;
+ensemble files may store their weights in float16 or int8 (see `compress`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any])
 
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of a file written by `save`; CheckpointError if it is not one."""
+    """Tensors (int8 weights expanded to float32) and metadata of a file written by `save`;
+    CheckpointError if it is not one."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -72,6 +74,10 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise CheckpointError(
             f"{path}: not an mnist-digits model file (format {header.get('format')!r}, expected {FORMAT!r})."
         )
+    try:
+        tensors = expand(tensors)
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its int8 weights and their scales do not match ({e}).") from e
     return tensors, json.loads(header["metadata"])
 
 
@@ -103,14 +109,48 @@ def build_model(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path
     return model
 
 
-def as_half(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Floating-point tensors in float16, others (BatchNorm's step counts) as they are."""
-    return {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+# How an ensemble file may store its weights. "int8": each weight matrix and convolution kernel
+# as 8-bit integers with one float32 scale per output channel (a quarter of float32's size);
+# biases and BatchNorm's parameters, a few hundred numbers per network, in float16.
+WEIGHTS_DTYPES = ("float32", "float16", "int8")
+SCALE_PREFIX = "scale."  # int8 files: the per-channel scale of tensor NAME is "scale.NAME"
 
 
-def round_to_half(model: torch.nn.Module) -> None:
-    """Round the weights, in place, to the values a float16 file stores (computing stays float32)."""
-    model.load_state_dict(as_half(model.state_dict()))
+def compress(tensors: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """Tensors as a file with weights of `dtype` stores them (see WEIGHTS_DTYPES); tensors that
+    are not floating point (BatchNorm's step counts) stay as they are."""
+    if dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights dtype {dtype!r}: expected one of {', '.join(WEIGHTS_DTYPES)}")
+    stored: dict[str, torch.Tensor] = {}
+    for name, value in tensors.items():
+        if not value.is_floating_point() or dtype == "float32":
+            stored[name] = value
+        elif dtype == "float16" or value.dim() < 2:
+            stored[name] = value.half()
+        else:  # symmetric, per output channel: the channel's largest magnitude maps to 127
+            flat = value.detach().float().flatten(1)
+            scale = flat.abs().amax(1).clamp_min(1e-12) / 127
+            stored[name] = (flat / scale[:, None]).round().to(torch.int8).view(value.shape)
+            stored[SCALE_PREFIX + name] = scale
+    return stored
+
+
+def expand(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `compress`: int8 weights times their scales, in float32; other tensors as stored."""
+    scales = {k[len(SCALE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SCALE_PREFIX)}
+    plain = {k: v for k, v in tensors.items() if not k.startswith(SCALE_PREFIX)}
+    for name, scale in scales.items():
+        if name not in plain:
+            raise KeyError(f"a scale for {name}, which the file does not hold")
+        quantized = plain[name]
+        plain[name] = (quantized.float().flatten(1) * scale.float()[:, None]).view(quantized.shape)
+    return plain
+
+
+def round_to_stored(model: torch.nn.Module, dtype: str) -> None:
+    """Round the weights, in place, to the values a file of `dtype` weights stores (computing
+    stays float32), so that what is measured is what is saved."""
+    model.load_state_dict(expand(compress(model.state_dict(), dtype)))
 
 
 def save_ensemble(
@@ -118,20 +158,20 @@ def save_ensemble(
     models: list[DigitNet],
     members: list[dict[str, Any]],
     metadata: dict[str, Any],
-    half: bool = False,
+    weights_dtype: str = "float32",
 ) -> None:
     """One file for several networks: member i's weights under "member{i}.", its metadata
-    (as save_model writes it) in the list metadata["members"]. `half` stores the weights as
-    float16, half the size; loading turns them back into float32."""
+    (as save_model writes it) in the list metadata["members"]. `weights_dtype` "float16" or
+    "int8" stores the weights in half or a quarter of the size (see `compress`); loading
+    turns them back into float32."""
     tensors: dict[str, torch.Tensor] = {}
     for i, model in enumerate(models):
         tensors.update({MEMBER_PREFIX.format(i) + k: v for k, v in model_tensors(model).items()})
     members = [
         {**m, "model_config": model.config.to_dict()} for m, model in zip(members, models, strict=True)
     ]
-    dtype = "float16" if half else "float32"
-    metadata = {**metadata, "members": members, "weights_dtype": dtype, "environment": environment()}
-    save(path, as_half(tensors) if half else tensors, metadata)
+    metadata = {**metadata, "members": members, "weights_dtype": weights_dtype, "environment": environment()}
+    save(path, compress(tensors, weights_dtype), metadata)
 
 
 @dataclass

@@ -130,12 +130,17 @@ def record_test_result(
 
 
 def record_ensemble(
-    path: Path, member_paths: list[Path], test: Split, device: torch.device | str
+    path: Path,
+    member_paths: list[Path],
+    test: Split,
+    device: torch.device | str,
+    weights_dtype: str = "float16",
 ) -> Evaluation:
     """Join trained models into one ensemble file, evaluate it on the official test set once,
     and store the result in its metadata. A path may be an ensemble itself: its networks join
-    one by one. The file holds float16 weights (half the size; the networks still compute in
-    float32), and the evaluation is of exactly those weights."""
+    one by one. The file holds weights of `weights_dtype` (float16 or int8: half or a quarter
+    of the size; the networks still compute in float32), and the evaluation is of exactly
+    those weights."""
     from . import checkpoint
     from .ensemble import Ensemble, members
 
@@ -143,7 +148,7 @@ def record_ensemble(
     networks = [network for m in loaded for network in members(m.model)]
     networks_metadata = [metadata for m in loaded for metadata in m.members_metadata]
     for network in networks:
-        checkpoint.round_to_half(network)
+        checkpoint.round_to_stored(network, weights_dtype)
     evaluation = evaluate_model(Ensemble(networks), test, device)
     configs = [m.get("train_config") or {} for m in networks_metadata]
     metadata = {
@@ -154,5 +159,5 @@ def record_ensemble(
     }
     if len({c.get("recipe") for c in configs}) == 1:  # one recipe, seeds apart: the first speaks for all
         metadata["train_config"] = configs[0]
-    checkpoint.save_ensemble(path, networks, networks_metadata, metadata, half=True)
+    checkpoint.save_ensemble(path, networks, networks_metadata, metadata, weights_dtype)
     return evaluation
