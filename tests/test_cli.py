@@ -67,6 +67,29 @@ def test_dry_run_training_then_evaluate_with_figures(data_env, tmp_path, capsys)
     assert "--resume" in capsys.readouterr().err
 
 
+def test_final_fit_from_the_command_line_then_its_report(data_env, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = [
+        "train",
+        "--recipe",
+        "fast",
+        "--dry-run",
+        "--no-progress",
+        "--val-fraction",
+        "0",
+        "--out",
+        str(run),
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "last epoch 1 kept (no validation split" in out and "test accuracy" in out
+    assert checkpoint.load_model(run / "model.safetensors").metadata["train_config"]["val_fraction"] == 0.0
+    assert main(["report", "--model", str(run / "model.safetensors"), "-o", str(tmp_path / "r.html")]) == 0
+    assert "none (trained on every image)" in (tmp_path / "r.html").read_text()
+    assert main(["train", "--dry-run", "--val-fraction", "0", "--out", str(tmp_path / "plateau")]) == 1
+    assert "plateau schedule" in capsys.readouterr().err
+
+
 def test_evaluate_text_report(data_env, tiny_model, capsys):
     assert main(["evaluate", "--model", str(tiny_model)]) == 0
     out = capsys.readouterr().out

@@ -146,6 +146,36 @@ def test_checkpoint_from_before_a_new_setting_still_resumes(small_mnist, tmp_pat
     assert len(resumed.history) == 2
 
 
+def test_a_final_fit_trains_on_every_image_and_keeps_the_last_epoch(small_mnist, tmp_path):
+    config = replace(SMALL, val_fraction=0.0, schedule="onecycle", optimizer="adamw", lr=4e-3, ema=0.9)
+    messages: list[str] = []
+    result = fit(config, small_mnist, tmp_path / "run", progress=False, log=messages.append)
+    assert result.best_val_accuracy is None and result.best_epoch == 2
+    assert "last epoch 2 kept" in result.describe()
+    assert all(s.val_accuracy is None and s.val_loss is None for s in result.history)
+    assert sum("no validation" in m for m in messages) == 2
+    steps = math.ceil(len(small_mnist.train.labels) / config.batch_size) * 2  # all 1,200 images
+    assert checkpoint.read(tmp_path / "run" / "checkpoint.safetensors")[1]["scheduler"]["last_epoch"] == steps
+    saved = checkpoint.load_model(tmp_path / "run" / "model.safetensors")
+    assert saved.metadata["epoch"] == 2 and saved.metadata["val_accuracy"] is None
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [h["val_accuracy"] for h in history] == [None, None]  # valid JSON: null, not NaN
+
+    # Resumed when finished, it trains nothing more and still keeps the last epoch.
+    again = fit(config, small_mnist, tmp_path / "run", resume=True, progress=False, log=messages.append)
+    assert "nothing left to train" in messages[-1] and again.best_epoch == 2
+    for a, b in zip(result.model.state_dict().values(), again.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_final_fit_needs_a_schedule_that_does_not_watch_validation():
+    with pytest.raises(MnistDigitsError, match="plateau schedule cuts the learning rate by validation"):
+        TrainConfig(val_fraction=0.0)
+    with pytest.raises(MnistDigitsError, match=r"val_fraction 1.0: give a share in \[0, 1\)"):
+        recipe("best", val_fraction=1.0)
+    assert recipe("best", val_fraction=0.0).validates is False
+
+
 def test_recipe_overrides_and_unknown_names():
     assert recipe("reference", epochs=3, lr=None).epochs == 3
     assert recipe("reference").lr == 1e-3

@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
         "none for the others)",
     )
     p.add_argument(
+        "--val-fraction",
+        type=float,
+        metavar="SHARE",
+        help="share of the training images held out for validation (default: 0.1); 0 trains on "
+        "all of them and keeps the last epoch, a final fit for a recipe already settled on "
+        "validation (one-cycle recipes only)",
+    )
+    p.add_argument(
         "--ensemble",
         type=int,
         default=1,
@@ -419,6 +427,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         precision=args.precision,
         ema=args.ema,
+        val_fraction=args.val_fraction,
     )
     if args.elastic is not None:
         config = replace(config, augment=replace(config.augment, elastic=args.elastic))
@@ -456,16 +465,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         # Kaggle's 42,000 digits are drawn from all 70,000 of MNIST's, its test set included: a
         # score on that set would be inflated, so the held-out validation split is the measure.
         for r in results:
-            print(
-                f"best epoch {r.best_epoch}: validation accuracy {r.best_val_accuracy:.4%} "
-                f"(held out from {args.train_csv.name})"
-            )
+            print(f"{r.describe()} (held out from {args.train_csv.name})")
         print(
             "not measured on MNIST's test set: Kaggle's digits include those images\n"
             f"trained in {seconds / 60:.1f} min on {device}"
         )
         return EXIT_OK
-    # The official test set is used here, once, on the epochs chosen by validation accuracy.
+    # The official test set is used here, once, on the epochs chosen by validation accuracy
+    # (or the last ones, without a validation split).
     members = [args.out] if args.ensemble == 1 else [args.out / f"member{i}" for i in range(args.ensemble)]
     for result, member in zip(results, members, strict=True):
         model_path = member / "model.safetensors"
@@ -473,7 +480,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             model_path, result.model, mnist.test, [asdict(s) for s in result.history], device
         )
         print(
-            f"best epoch {result.best_epoch}: validation accuracy {result.best_val_accuracy:.4%}\n"
+            f"{result.describe()}\n"
             f"test accuracy {test.accuracy:.4%} ({test.errors} errors), test loss {test.loss:.4f}\n"
             f"model: {model_path}"
         )

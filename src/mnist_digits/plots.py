@@ -125,14 +125,18 @@ def curves_figure(histories: Sequence[Sequence[dict]]) -> plt.Figure:
         colour = f"C{(number - 1) % 10}"
         train_style = {"color": "C0", "marker": "o"} if single else {"color": colour, "ls": "--"}
         val_style = {"color": "C1", "marker": "o"} if single else {"color": colour}
+        validated = all(h["val_accuracy"] is not None for h in history)  # not so in a final fit
         for axes, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
             axes.plot(epochs, [h[f"train_{key}"] for h in history], label="train", **train_style)
-            axes.plot(epochs, [h[f"val_{key}"] for h in history], label="validation", **val_style)
+            if validated:
+                axes.plot(epochs, [h[f"val_{key}"] for h in history], label="validation", **val_style)
         lr_ax.step(epochs, [h["lr"] for h in history], where="post", color="tab:green" if single else colour)
     loss_ax.set_title("loss")
     loss_ax.set_yscale("log")
     acc_ax.set_title("accuracy")
-    lowest = min(min(h["train_accuracy"], h["val_accuracy"]) for _, history in members for h in history)
+    lowest = min(
+        min(h["train_accuracy"], h["val_accuracy"] or 1.0) for _, history in members for h in history
+    )
     acc_ax.set_ylim(max(0.0, lowest - 0.005), 1.0)
     lr_ax.set_yscale("log")
     lr_ax.set_title("learning rate")

@@ -250,12 +250,16 @@ def _training_section(histories: Sequence[Sequence[dict]]) -> str:
         if not history:
             rows.append(f'<tr><td>{member}</td><td colspan="4">no history recorded</td></tr>')
             continue
-        best = max(history, key=lambda h: h["val_accuracy"])
+        best = max(history, key=lambda h: h["val_accuracy"] or 0.0)
         seconds = [h["seconds"] for h in history if "seconds" in h]
         minutes = f"{sum(seconds) / 60:.1f} min" if len(seconds) == len(history) else "–"
+        if best["val_accuracy"] is None:  # a final fit on every training image: the last epoch is kept
+            validation, kept = "none (trained on every image)", f"{history[-1]['epoch']} (the last)"
+        else:
+            validation, kept = f"{best['val_accuracy']:.2%}", str(best["epoch"])
         rows.append(
-            f"<tr><td>{member}</td><td>{len(history)}</td><td>{best['val_accuracy']:.2%}</td>"
-            f"<td>{_e(best['epoch'])}</td><td>{_e(minutes)}</td></tr>"
+            f"<tr><td>{member}</td><td>{len(history)}</td><td>{_e(validation)}</td>"
+            f"<td>{_e(kept)}</td><td>{_e(minutes)}</td></tr>"
         )
     figure = _img(
         plots.png_bytes(plots.curves_figure(histories)),

@@ -38,8 +38,8 @@ class EpochStats:
     epoch: int  # 1-based
     train_loss: float
     train_accuracy: float
-    val_loss: float
-    val_accuracy: float
+    val_loss: float | None  # None: trained without a validation split
+    val_accuracy: float | None
     lr: float  # learning rate used during this epoch
     seconds: float  # wall time of the epoch's training steps
     images_per_second: float  # training throughput, augmentation included

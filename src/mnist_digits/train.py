@@ -64,7 +64,8 @@ class TrainConfig:
     min_lr: float = 1e-5  # lr never goes below this
     ema: float = 0.0  # weight averaging: decay of a moving average of the weights (and BatchNorm
     # statistics) updated every step; the average is validated and saved instead (0: off)
-    val_fraction: float = 0.1  # share of the 60,000 training images held out for validation
+    val_fraction: float = 0.1  # share of the 60,000 training images held out for validation; 0
+    # trains on all of them and keeps the last epoch (a final fit, once the recipe is settled)
     seed: int = 0  # seeds weights, dropout, shuffling, augmentation and the validation split
     eval_batch_size: int = 1000  # images per forward pass when evaluating
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -79,6 +80,20 @@ class TrainConfig:
             raise MnistDigitsError(f"unknown precision {self.precision!r}; choose fp32 or bf16.")
         if not 0.0 <= self.ema < 1.0:
             raise MnistDigitsError(f"ema {self.ema}: give a decay in [0, 1), such as 0.999 (0: off).")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise MnistDigitsError(
+                f"val_fraction {self.val_fraction}: give a share in [0, 1), such as 0.1 (0: no validation)."
+            )
+        if self.val_fraction == 0.0 and self.schedule == "plateau":
+            raise MnistDigitsError(
+                "val_fraction 0 leaves nothing to validate on, and the plateau schedule cuts the "
+                "learning rate by validation accuracy; use a recipe with the one-cycle schedule "
+                "(fast, lean, best, full) or keep a validation split."
+            )
+
+    @property
+    def validates(self) -> bool:
+        return self.val_fraction > 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,11 +170,17 @@ RECIPES: dict[str, TrainConfig] = {
 
 @dataclass
 class FitResult:
-    model: torch.nn.Module  # the DigitNet of the best epoch, in eval mode
+    model: torch.nn.Module  # the DigitNet of the best epoch (the last without validation), in eval mode
     history: list[EpochStats]
     best_epoch: int
-    best_val_accuracy: float
+    best_val_accuracy: float | None  # None: trained without a validation split
     train_seconds: float  # wall time of all training epochs, validation included
+
+    def describe(self) -> str:
+        """Which epoch was kept, and why."""
+        if self.best_val_accuracy is None:
+            return f"last epoch {self.best_epoch} kept (no validation split: trained on every image)"
+        return f"best epoch {self.best_epoch}: validation accuracy {self.best_val_accuracy:.4%}"
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -386,6 +407,7 @@ def fit(
     cluster: Cluster = SINGLE_PROCESS,
 ) -> FitResult:
     """Train on data.train minus a held-out validation split; never looks at data.test.
+    With config.val_fraction 0 there is no validation split, and the last epoch is kept.
 
     Ctrl-C or SIGTERM stops at the next batch, saves a resumable checkpoint and raises
     TrainingInterrupted; `resume=True` continues from the checkpoint in `run_dir`. Under
@@ -442,12 +464,15 @@ def fit(
         if average is not None:
             log(
                 f"Weight averaging: a moving average of the weights (decay {config.ema}, about the "
-                f"last {1 / (1 - config.ema):,.0f} steps) is validated and saved."
+                f"last {1 / (1 - config.ema):,.0f} steps) is "
+                + ("validated and saved." if config.validates else "saved.")
             )
     # the network that is validated and saved: the weight average when there is one
     kept: DigitNet = average.module if average is not None else model  # type: ignore[assignment]
-    best = max(state.history, key=lambda s: s.val_accuracy, default=None)
-    best_epoch, best_val_accuracy = (best.epoch, best.val_accuracy) if best else (0, -math.inf)
+    best = max(state.history, key=lambda s: s.val_accuracy or 0.0, default=None)
+    best_epoch, best_val_accuracy = (best.epoch, best.val_accuracy) if best else (0, None)
+    if not config.validates:
+        best_epoch = len(state.history)
 
     metadata = {"train_config": config.to_dict(), "data_sha256": data.sha256, "device": str(device)}
     with stop_on_signals() as stop:
@@ -493,7 +518,11 @@ def fit(
             distributed.sync_buffers(model, cluster)  # every process validates the same network
             if average is not None:
                 distributed.sync_buffers(kept, cluster)
-            val_loss, val_acc = evaluate(kept, val_images, val_labels, config.eval_batch_size)
+            val_loss, val_acc = (
+                evaluate(kept, val_images, val_labels, config.eval_batch_size)
+                if config.validates
+                else (None, None)
+            )
             loss_sum, correct, seen = distributed.sum_all(
                 [epoch_progress.loss_sum, epoch_progress.correct, epoch_progress.seen], cluster, device
             )
@@ -509,19 +538,27 @@ def fit(
             )
             state.history.append(stats)
             state.in_progress = None
+            validation = (
+                f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}"
+                if val_loss is not None and val_acc is not None
+                else "no validation"
+            )
             log(
                 f"epoch {epoch:>2}/{config.epochs}  loss {stats.train_loss:.4f}  "
-                f"acc {stats.train_accuracy:.4f}  val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  "
+                f"acc {stats.train_accuracy:.4f}  {validation}  "
                 f"lr {lr:.2e}  {stats.images_per_second:,.0f} img/s  {stats.seconds:.0f}s"
             )
-            change = scheduler.after_epoch(val_acc)
-            if change:
-                log(
-                    f"epoch {epoch:>2}: validation accuracy has not improved for "
-                    f"{config.plateau_patience} epochs; learning rate {change[0]:.2e} -> {change[1]:.2e}"
-                )
-            if val_acc > best_val_accuracy:
-                best_val_accuracy, best_epoch = val_acc, epoch
+            if val_acc is None:
+                best_epoch = epoch  # nothing to choose by: the last epoch is kept
+            else:
+                change = scheduler.after_epoch(val_acc)
+                if change:
+                    log(
+                        f"epoch {epoch:>2}: validation accuracy has not improved for "
+                        f"{config.plateau_patience} epochs; learning rate {change[0]:.2e} -> {change[1]:.2e}"
+                    )
+                if best_val_accuracy is None or val_acc > best_val_accuracy:
+                    best_val_accuracy, best_epoch = val_acc, epoch
             if not cluster.is_main:
                 continue
             if best_epoch == epoch:
