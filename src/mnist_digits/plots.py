@@ -134,9 +134,10 @@ def curves_figure(histories: Sequence[Sequence[dict]]) -> plt.Figure:
     loss_ax.set_title("loss")
     loss_ax.set_yscale("log")
     acc_ax.set_title("accuracy")
-    lowest = min(
-        min(h["train_accuracy"], h["val_accuracy"] or 1.0) for _, history in members for h in history
-    )
+    accuracies = [
+        h[key] for _, history in members for h in history for key in ("train_accuracy", "val_accuracy")
+    ]
+    lowest = min(a for a in accuracies if a is not None)  # a final fit has no validation accuracy
     acc_ax.set_ylim(max(0.0, lowest - 0.005), 1.0)
     lr_ax.set_yscale("log")
     lr_ax.set_title("learning rate")
