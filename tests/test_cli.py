@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mnist_digits import checkpoint
+from mnist_digits import checkpoint, evaluate
 from mnist_digits.cli import main
 from mnist_digits.model import DigitNet, ModelConfig
 
@@ -65,6 +65,32 @@ def test_dry_run_training_then_evaluate_with_figures(data_env, tmp_path, capsys)
     # The same run directory again without --resume: refused, nothing lost.
     assert main(["train", "--dry-run", "--no-progress", "--out", str(run)]) == 1
     assert "--resume" in capsys.readouterr().err
+
+
+def test_no_test_trains_an_ensemble_with_changed_settings_and_never_reads_the_test_set(
+    data_env, tmp_path, capsys, monkeypatch
+):
+    def read_the_test_set(*args, **kwargs):
+        raise AssertionError("--no-test read the official test set")
+
+    monkeypatch.setattr(evaluate, "evaluate_model", read_the_test_set)
+    run = tmp_path / "run"
+    argv = ["train", "--dry-run", "--no-progress", "--no-test", "--ensemble", "2", "--out", str(run)]
+    settings = ["augment.rotation=5", "model.channels=8,16,16", "label_smoothing=0.05"]
+    assert main([*argv, *(arg for s in settings for arg in ("--set", s))]) == 0
+    assert (
+        capsys.readouterr().out.count("official test set not read (--no-test)") == 3
+    )  # 2 networks, 1 ensemble
+    for member in ("member0", "member1"):
+        metadata = checkpoint.load_model(run / member / "model.safetensors").metadata
+        assert "test_accuracy" not in metadata and len(metadata["history"]) == 1
+        config = metadata["train_config"]
+        assert config["augment"]["rotation"] == 5.0 and config["model"]["channels"] == [8, 16, 16]
+        assert config["label_smoothing"] == 0.05
+    assert "test_accuracy" not in checkpoint.load_model(run / "ensemble.safetensors").metadata
+
+    assert main(["train", "--dry-run", "--out", str(tmp_path / "bad"), "--set", "augment.spin=5"]) == 1
+    assert "there is no setting 'spin' here; choose one of rotation, zoom" in capsys.readouterr().err
 
 
 def test_final_fit_from_the_command_line_then_its_report(data_env, tmp_path, capsys):

@@ -191,6 +191,7 @@ def test_join_makes_one_ensemble_of_models_and_ensembles_of_different_recipes(
     assert "(int8 weights," in capsys.readouterr().out
     assert checkpoint.load_model(small).metadata["weights_dtype"] == "int8"
     assert small.stat().st_size < joined.stat().st_size
+
     assert main(["evaluate", "--model", str(small), "--json"]) == 0  # what was measured is what was stored
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(
         checkpoint.load_model(small).metadata["test_accuracy"]
@@ -200,6 +201,13 @@ def test_join_makes_one_ensemble_of_models_and_ensembles_of_different_recipes(
     assert "is one of the models to join" in capsys.readouterr().err
     assert main(["join", str(single), "-o", str(tmp_path / "joined.pt")]) == 1
     assert "must end in .safetensors" in capsys.readouterr().err
+
+    # --no-test writes the ensemble without even looking for the data
+    monkeypatch.setenv("MNIST_DIGITS_DATA", str(tmp_path / "no-data-here"))
+    unmeasured = tmp_path / "unmeasured.safetensors"
+    assert main(["join", str(single), str(pair), "--no-test", "-o", str(unmeasured)]) == 0
+    assert "ensemble of 3 networks: official test set not read" in capsys.readouterr().out
+    assert "test_accuracy" not in checkpoint.load_model(unmeasured).metadata
 
 
 def test_predict_with_onnx_runtime_matches_pytorch(tmp_path, monkeypatch, test_digits, capsys):

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -10,7 +11,7 @@ from mnist_digits.augment import AugmentConfig
 from mnist_digits.data import Mnist, Split, split_validation, to_tensors
 from mnist_digits.errors import CheckpointError, MnistDigitsError
 from mnist_digits.model import DigitNet, ModelConfig
-from mnist_digits.train import RECIPES, PlateauScheduler, TrainConfig, fit, recipe
+from mnist_digits.train import RECIPES, PlateauScheduler, TrainConfig, fit, recipe, with_settings
 
 # A small network and a few epochs on 1,200 real digits: seconds, not minutes.
 SMALL = TrainConfig(
@@ -174,6 +175,37 @@ def test_a_final_fit_needs_a_schedule_that_does_not_watch_validation():
     with pytest.raises(MnistDigitsError, match=r"val_fraction 1.0: give a share in \[0, 1\)"):
         recipe("best", val_fraction=1.0)
     assert recipe("best", val_fraction=0.0).validates is False
+
+
+def test_settings_change_any_field_of_a_recipe_and_refuse_what_they_cannot_read():
+    best = recipe("best")
+    config = with_settings(
+        best,
+        [
+            "label_smoothing=0.05",
+            "augment.rotation=10",
+            "model.channels=32,64,128",
+            "model.conv_batchnorm=false",
+            " epochs = 3",
+        ],
+    )
+    assert config.label_smoothing == 0.05 and config.augment.rotation == 10.0 and config.epochs == 3
+    assert config.model.channels == (32, 64, 128) and config.model.conv_batchnorm is False
+    assert config.recipe == "best" and config.augment.zoom == best.augment.zoom  # the rest untouched
+    assert with_settings(best, []) == best
+    for setting, message in [
+        ("rotation=10", "there is no setting 'rotation' here; choose one of epochs, batch_size"),
+        ("recipe=fast", "there is no setting 'recipe'"),  # the preset's name is not a setting
+        ("augment=10", "augment is a group of settings; name one: augment.rotation, augment.zoom"),
+        ("epochs.x=1", "epochs is a single setting, with nothing inside it"),
+        ("epochs=2.5", "'2.5' is not a value of this setting; give one like its current value, 30."),
+        ("model.channels=8,16", "give one like its current value, 24,48,96."),
+        ("model.conv_batchnorm=maybe", "current value, True."),
+        ("label_smoothing", "write FIELD=VALUE, such as augment.rotation=10"),
+        ("optimizer=sgd", "unknown optimizer 'sgd'"),  # the config's own checks still apply
+    ]:
+        with pytest.raises(MnistDigitsError, match=re.escape(message)):
+            with_settings(best, [setting])
 
 
 def test_recipe_overrides_and_unknown_names():

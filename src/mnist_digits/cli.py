@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[data_opts],
         help="train a model (default: the reference recipe)",
         description="Train on 54,000 training images, validate on the other 6,000 (chosen by "
-        "--seed), keep the best epoch, and report its accuracy on the official 10,000 test images.",
+        "--seed), keep the best epoch, and report its accuracy on the official 10,000 test images "
+        "(unless --no-test).",
     )
     p.add_argument(
         "--recipe",
@@ -156,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("runs/reference"),
         metavar="DIR",
         help="run directory for checkpoints, history and the model (default: runs/reference)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change any setting of the recipe, dotted for the augmentation and the network "
+        "(repeatable): label_smoothing=0.05, augment.rotation=10, model.channels=32,64,128; the "
+        "fields are TrainConfig's, stored in every model file as its train_config",
+    )
+    p.add_argument(
+        "--no-test",
+        action="store_true",
+        help="leave the official test set unread: validation only, for choosing a recipe; "
+        "measure the chosen model once afterwards with `evaluate`",
     )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument(
@@ -231,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="float16",
         help="how the file stores the weights: float16 (half of float32's size, the default) or "
         "int8 with a scale per output channel (a quarter)",
+    )
+    p.add_argument(
+        "--no-test",
+        action="store_true",
+        help="write the ensemble without measuring it on the official test set",
     )
     _device_option(p)
 
@@ -380,6 +401,12 @@ def _load_data(args: argparse.Namespace) -> data.Mnist:
     return data.load(directory, verify=not args.no_verify)
 
 
+def _test_line(test: Evaluation | None) -> str:
+    if test is None:
+        return "official test set not read (--no-test); measure the chosen model once with `evaluate`"
+    return f"test accuracy {test.accuracy:.4%} ({test.errors} errors), test loss {test.loss:.4f}"
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -416,8 +443,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .evaluate import record_ensemble, record_test_result
-    from .train import fit, fit_ensemble, pick_device, recipe
+    from .evaluate import record_ensemble, record_training
+    from .train import fit, fit_ensemble, pick_device, recipe, with_settings
 
     config = recipe(
         args.recipe,
@@ -431,6 +458,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.elastic is not None:
         config = replace(config, augment=replace(config.augment, elastic=args.elastic))
+    config = with_settings(config, args.set)
     if args.ensemble < 1:
         raise MnistDigitsError(f"--ensemble {args.ensemble}: give the number of networks, 1 or more.")
     # Under torchrun: one process per GPU (or CPU share); the main one fetches data first.
@@ -472,25 +500,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     # The official test set is used here, once, on the epochs chosen by validation accuracy
-    # (or the last ones, without a validation split).
+    # (or the last ones, without a validation split), unless --no-test leaves it unread.
+    test_split = None if args.no_test else mnist.test
     members = [args.out] if args.ensemble == 1 else [args.out / f"member{i}" for i in range(args.ensemble)]
     for result, member in zip(results, members, strict=True):
         model_path = member / "model.safetensors"
-        test = record_test_result(
-            model_path, result.model, mnist.test, [asdict(s) for s in result.history], device
+        test = record_training(
+            model_path, result.model, [asdict(s) for s in result.history], test_split, device
         )
-        print(
-            f"{result.describe()}\n"
-            f"test accuracy {test.accuracy:.4%} ({test.errors} errors), test loss {test.loss:.4f}\n"
-            f"model: {model_path}"
-        )
+        print(f"{result.describe()}\n{_test_line(test)}\nmodel: {model_path}")
     if args.ensemble > 1:
         path = args.out / "ensemble.safetensors"
-        test = record_ensemble(path, [m / "model.safetensors" for m in members], mnist.test, device)
-        print(
-            f"ensemble of {args.ensemble}: test accuracy {test.accuracy:.4%} ({test.errors} errors), "
-            f"test loss {test.loss:.4f}\nmodel: {path}"
-        )
+        test = record_ensemble(path, [m / "model.safetensors" for m in members], test_split, device)
+        print(f"ensemble of {args.ensemble}: {_test_line(test)}\nmodel: {path}")
     print(f"trained in {seconds / 60:.1f} min on {device}")
     return EXIT_OK
 
@@ -507,12 +529,13 @@ def cmd_join(args: argparse.Namespace) -> int:
     if any(p.resolve() == args.output.resolve() for p in paths):
         raise MnistDigitsError(f"--output {args.output} is one of the models to join; choose another file.")
     device = pick_device(args.device)
-    test = record_ensemble(args.output, paths, _load_data(args).test, device, args.weights)
+    test = record_ensemble(
+        args.output, paths, None if args.no_test else _load_data(args).test, device, args.weights
+    )
     networks = len(read(args.output)[1]["members"])
     print(
-        f"ensemble of {networks} networks: test accuracy {test.accuracy:.4%} ({test.errors} errors), "
-        f"test loss {test.loss:.4f}\nmodel: {args.output} ({args.weights} weights, "
-        f"{args.output.stat().st_size / 1e6:.1f} MB)"
+        f"ensemble of {networks} networks: {_test_line(test)}\nmodel: {args.output} ({args.weights} "
+        f"weights, {args.output.stat().st_size / 1e6:.1f} MB)"
     )
     return EXIT_OK
 

@@ -109,22 +109,27 @@ def format_report(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def record_test_result(
-    model_path: Path, model: torch.nn.Module, test: Split, history: list[dict], device: torch.device | str
-) -> Evaluation:
-    """Evaluate the chosen model on the official test set, once, and store the result and the
-    training history in the model file's metadata (so `evaluate` can draw its curves)."""
+def record_training(
+    model_path: Path,
+    model: torch.nn.Module,
+    history: list[dict],
+    test: Split | None,
+    device: torch.device | str,
+) -> Evaluation | None:
+    """Store the training history in the model file's metadata (so `evaluate` and `report`
+    can draw its curves) and, given the official test set, evaluate the chosen model on it,
+    once, and store that too. None: the test set was left unread."""
     from . import checkpoint
 
-    evaluation = evaluate_model(model, test, device)
+    evaluation = evaluate_model(model, test, device) if test is not None else None
     _, metadata = checkpoint.read(model_path)
     metadata.update(
-        test_accuracy=evaluation.accuracy,
-        test_loss=evaluation.loss,
         history=history,
         train_seconds=sum(h["seconds"] for h in history),
         torch_threads=torch.get_num_threads(),
     )
+    if evaluation is not None:
+        metadata.update(test_accuracy=evaluation.accuracy, test_loss=evaluation.loss)
     checkpoint.save_model(model_path, model, metadata)  # type: ignore[arg-type]
     return evaluation
 
@@ -132,15 +137,15 @@ def record_test_result(
 def record_ensemble(
     path: Path,
     member_paths: list[Path],
-    test: Split,
+    test: Split | None,
     device: torch.device | str,
     weights_dtype: str = "float16",
-) -> Evaluation:
-    """Join trained models into one ensemble file, evaluate it on the official test set once,
-    and store the result in its metadata. A path may be an ensemble itself: its networks join
-    one by one. The file holds weights of `weights_dtype` (float16 or int8: half or a quarter
-    of the size; the networks still compute in float32), and the evaluation is of exactly
-    those weights."""
+) -> Evaluation | None:
+    """Join trained models into one ensemble file and, given the official test set, evaluate
+    it once and store the result in its metadata (None: the test set was left unread). A path
+    may be an ensemble itself: its networks join one by one. The file holds weights of
+    `weights_dtype` (float16 or int8: half or a quarter of the size; the networks still
+    compute in float32), and the evaluation is of exactly those weights."""
     from . import checkpoint
     from .ensemble import Ensemble, members
 
@@ -149,14 +154,14 @@ def record_ensemble(
     networks_metadata = [metadata for m in loaded for metadata in m.members_metadata]
     for network in networks:
         checkpoint.round_to_stored(network, weights_dtype)
-    evaluation = evaluate_model(Ensemble(networks), test, device)
+    evaluation = evaluate_model(Ensemble(networks), test, device) if test is not None else None
     configs = [m.get("train_config") or {} for m in networks_metadata]
     metadata = {
-        "test_accuracy": evaluation.accuracy,
-        "test_loss": evaluation.loss,
         "data_sha256": networks_metadata[0].get("data_sha256"),
         "train_seconds": sum(m.get("train_seconds", 0.0) for m in networks_metadata),
     }
+    if evaluation is not None:
+        metadata.update(test_accuracy=evaluation.accuracy, test_loss=evaluation.loss)
     if len({c.get("recipe") for c in configs}) == 1:  # one recipe, seeds apart: the first speaks for all
         metadata["train_config"] = configs[0]
     checkpoint.save_ensemble(path, networks, networks_metadata, metadata, weights_dtype)

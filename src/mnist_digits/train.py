@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -610,6 +610,56 @@ def recipe(name: str, **overrides: Any) -> TrainConfig:
     return replace(RECIPES[name], **{k: v for k, v in overrides.items() if v is not None})
 
 
+def with_settings(config: TrainConfig, settings: Sequence[str]) -> TrainConfig:
+    """The config with fields changed by 'FIELD=VALUE' strings, dotted into the augmentation
+    and the network: 'label_smoothing=0.05', 'augment.rotation=10', 'model.channels=32,64,128'."""
+    for setting in settings:
+        name, equals, text = setting.partition("=")
+        if not equals or not name.strip():
+            raise MnistDigitsError(f"--set {setting!r}: write FIELD=VALUE, such as augment.rotation=10.")
+        config = _with_field(config, name.strip().split("."), text.strip(), setting)
+    return config
+
+
+def _with_field(settings: Any, path: list[str], text: str, setting: str) -> Any:
+    names = [f.name for f in fields(settings) if f.name != "recipe"]  # the preset's name stays
+    if path[0] not in names:
+        raise MnistDigitsError(
+            f"--set {setting!r}: there is no setting {path[0]!r} here; choose one of {', '.join(names)}."
+        )
+    current = getattr(settings, path[0])
+    if is_dataclass(current):
+        if len(path) == 1:
+            inner = ", ".join(f"{path[0]}.{f.name}" for f in fields(current))
+            raise MnistDigitsError(f"--set {setting!r}: {path[0]} is a group of settings; name one: {inner}.")
+        return replace(settings, **{path[0]: _with_field(current, path[1:], text, setting)})
+    if len(path) > 1:
+        raise MnistDigitsError(f"--set {setting!r}: {path[0]} is a single setting, with nothing inside it.")
+    return replace(settings, **{path[0]: _parse_like(current, text, setting)})
+
+
+def _parse_like(current: Any, text: str, setting: str) -> Any:
+    """`text` read as a value of the same kind as `current` (bool, int, float, str, or a tuple)."""
+    try:
+        if isinstance(current, bool):
+            choices = {"true": True, "1": True, "false": False, "0": False}
+            if text.lower() not in choices:
+                raise ValueError
+            return choices[text.lower()]
+        if isinstance(current, tuple):
+            values = tuple(type(current[0])(part) for part in text.split(","))
+            if len(values) != len(current):
+                raise ValueError
+            return values
+        return type(current)(text)
+    except ValueError:
+        example = ",".join(str(v) for v in current) if isinstance(current, tuple) else str(current)
+        raise MnistDigitsError(
+            f"--set {setting!r}: {text!r} is not a value of this setting; give one like its "
+            f"current value, {example}."
+        ) from None
+
+
 __all__ = [
     "RECIPES",
     "EpochStats",
@@ -620,4 +670,5 @@ __all__ = [
     "fit",
     "fit_ensemble",
     "train_one_epoch",
+    "with_settings",
 ]
