@@ -1,7 +1,7 @@
 import json
 import math
 import re
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
 
 import pytest
 import torch
@@ -206,6 +206,21 @@ def test_settings_change_any_field_of_a_recipe_and_refuse_what_they_cannot_read(
     ]:
         with pytest.raises(MnistDigitsError, match=re.escape(message)):
             with_settings(best, [setting])
+
+
+def test_every_recipe_holds_values_of_its_fields_types():
+    """--set reads a value like the field's current one: a recipe's 15 for a float 15.0 would
+    make it refuse 7.5."""
+
+    def mismatches(settings, prefix=""):
+        for f in fields(settings):
+            value = getattr(settings, f.name)
+            if is_dataclass(value):
+                yield from mismatches(value, f"{prefix}{f.name}.")
+            elif type(value).__name__ != f.type.split("[")[0]:
+                yield f"{prefix}{f.name}: {f.type} holds {value!r}"
+
+    assert [(name, m) for name, config in RECIPES.items() for m in mismatches(config)] == []
 
 
 def test_recipe_overrides_and_unknown_names():
