@@ -511,14 +511,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"{result.describe()}\n{_test_line(test)}\nmodel: {model_path}")
     if args.ensemble > 1:
         path = args.out / "ensemble.safetensors"
-        test = record_ensemble(path, [m / "model.safetensors" for m in members], test_split, device)
+        _, test = record_ensemble(path, [m / "model.safetensors" for m in members], test_split, device)
         print(f"ensemble of {args.ensemble}: {_test_line(test)}\nmodel: {path}")
     print(f"trained in {seconds / 60:.1f} min on {device}")
     return EXIT_OK
 
 
 def cmd_join(args: argparse.Namespace) -> int:
-    from .checkpoint import read
     from .evaluate import record_ensemble
     from .pretrained import resolve
     from .train import pick_device
@@ -529,10 +528,9 @@ def cmd_join(args: argparse.Namespace) -> int:
     if any(p.resolve() == args.output.resolve() for p in paths):
         raise MnistDigitsError(f"--output {args.output} is one of the models to join; choose another file.")
     device = pick_device(args.device)
-    test = record_ensemble(
+    networks, test = record_ensemble(
         args.output, paths, None if args.no_test else _load_data(args).test, device, args.weights
     )
-    networks = len(read(args.output)[1]["members"])
     print(
         f"ensemble of {networks} networks: {_test_line(test)}\nmodel: {args.output} ({args.weights} "
         f"weights, {args.output.stat().st_size / 1e6:.1f} MB)"

@@ -140,10 +140,11 @@ def record_ensemble(
     test: Split | None,
     device: torch.device | str,
     weights_dtype: str = "float16",
-) -> Evaluation | None:
+) -> tuple[int, Evaluation | None]:
     """Join trained models into one ensemble file and, given the official test set, evaluate
-    it once and store the result in its metadata (None: the test set was left unread). A path
-    may be an ensemble itself: its networks join one by one. The file holds weights of
+    it once and store the result in its metadata. Returns the number of networks joined and
+    that evaluation (None: the test set was left unread). A path may be an ensemble itself:
+    its networks join one by one. The file holds weights of
     `weights_dtype` (float16 or int8: half or a quarter of the size; the networks still
     compute in float32), and the evaluation is of exactly those weights."""
     from . import checkpoint
@@ -165,4 +166,4 @@ def record_ensemble(
     if len({c.get("recipe") for c in configs}) == 1:  # one recipe, seeds apart: the first speaks for all
         metadata["train_config"] = configs[0]
     checkpoint.save_ensemble(path, networks, networks_metadata, metadata, weights_dtype)
-    return evaluation
+    return len(networks), evaluation
