@@ -23,7 +23,7 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-## The slow tests too: a full reference training run.
+## Only the slow tests: a full reference training run (the fast ones are `make test`).
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow
 

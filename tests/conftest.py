@@ -227,9 +227,9 @@ class RunningServer:
             if line is None:
                 self.stop()
                 raise RuntimeError("the server exited while starting:\n" + "".join(self.log))
-            match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+            match = re.search(r"http://(127\.0\.0\.\d+):(\d+)/", line)
             if match:
-                self.url = f"http://127.0.0.1:{match[1]}"
+                self.url = f"http://{match[1]}:{match[2]}"
                 return
 
     def _read_output(self, lines: queue.Queue[str | None]) -> None:

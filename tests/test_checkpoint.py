@@ -49,6 +49,17 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
         checkpoint.load_model(path)
 
 
+def test_an_onnx_file_and_an_empty_ensemble_are_named_for_what_they_are(tmp_path):
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"\x08\x07\x12\x07pytorch")  # an ONNX protobuf's first bytes
+    with pytest.raises(CheckpointError, match="an ONNX file; only `predict` reads those"):
+        checkpoint.load_model(onnx)
+    path = tmp_path / "ensemble.safetensors"
+    checkpoint.save(path, {"unused": torch.zeros(1)}, {"members": []})
+    with pytest.raises(CheckpointError, match="an ensemble file with no networks in it"):
+        checkpoint.load_model(path)
+
+
 def test_missing_file_and_not_a_file(tmp_path):
     with pytest.raises(CheckpointError, match="no such model file"):
         checkpoint.load_model(tmp_path / "absent.safetensors")

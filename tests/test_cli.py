@@ -60,7 +60,8 @@ def test_dry_run_training_then_evaluate_with_figures(data_env, tmp_path, capsys)
     assert main(["evaluate", "--model", str(run / "model.safetensors"), "--out", str(figures), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["accuracy"] == pytest.approx(metadata["test_accuracy"])
-    assert sorted(p.name for p in figures.iterdir()) == ["confusion.png", "curves.png", "misclassified.png"]
+    written = sorted(p.name for p in figures.iterdir())
+    assert written == ["confusion.png", "curves.png", "misclassified.png", "reliability.png"]
 
     # The same run directory again without --resume: refused, nothing lost.
     assert main(["train", "--dry-run", "--no-progress", "--out", str(run)]) == 1
@@ -93,20 +94,10 @@ def test_no_test_trains_an_ensemble_with_changed_settings_and_never_reads_the_te
     assert "there is no setting 'spin' here; choose one of rotation, zoom" in capsys.readouterr().err
 
 
-def test_final_fit_from_the_command_line_then_its_report(data_env, tmp_path, capsys):
-    run = tmp_path / "run"
-    argv = [
-        "train",
-        "--recipe",
-        "fast",
-        "--dry-run",
-        "--no-progress",
-        "--val-fraction",
-        "0",
-        "--out",
-        str(run),
-    ]
-    assert main(argv) == 0
+def test_final_fit_from_the_command_line_then_its_report(data_env, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "fast"  # the default run directory is named after the recipe
+    assert main(["train", "--recipe", "fast", "--dry-run", "--no-progress", "--val-fraction", "0"]) == 0
     out = capsys.readouterr().out
     assert "last epoch 1 kept (no validation split" in out and "test accuracy" in out
     assert checkpoint.load_model(run / "model.safetensors").metadata["train_config"]["val_fraction"] == 0.0
@@ -120,6 +111,19 @@ def test_evaluate_text_report(data_env, tiny_model, capsys):
     assert main(["evaluate", "--model", str(tiny_model)]) == 0
     out = capsys.readouterr().out
     assert "accuracy" in out and "confusion matrix" in out
+
+
+def test_evaluate_into_a_file_instead_of_a_folder_fails_before_the_work(
+    data_env, tiny_model, tmp_path, capsys
+):
+    taken = tmp_path / "figures"
+    taken.write_text("keep me")
+    assert main(["evaluate", "--model", str(tiny_model), "--out", str(taken)]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("error: ") and "a file stands where a folder is needed" in err and err.count("\n") == 1
+    )
+    assert taken.read_text() == "keep me"
 
 
 def test_unknown_model_is_a_clear_error(capsys):

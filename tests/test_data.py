@@ -173,6 +173,16 @@ def test_locate_with_nothing_cached_and_fetching_off(tmp_path, no_data_env) -> N
     assert "--data-dir" in message
 
 
+def test_a_cache_that_cannot_be_created_is_a_clear_error(tmp_path, no_data_env) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should go")
+    with pytest.raises(data.DataError) as caught:
+        data.locate(None, cache_dir=blocker / "mnist", mirrors=[], pypi_fetcher=refuse_pypi, progress=False)
+    message = str(caught.value)
+    assert str(blocker) in message and "a file stands where a folder is needed" in message
+    assert "--data-dir" in message and blocker.read_text().startswith("a file")  # nothing lost
+
+
 # --- loading the real data ----------------------------------------------------------------------
 
 

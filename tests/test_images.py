@@ -89,6 +89,16 @@ def test_palette_image_with_transparency_and_16_bit_gray():
     assert images.to_grayscale(Image.fromarray(deep)).max() == pytest.approx(1.0)
 
 
+def test_a_16_bit_scan_keeps_its_tones_when_shrunk():
+    scan = np.full((1000, 800), 60000, np.uint16)  # light paper
+    scan[300:700, 350:450] = 3000  # dark ink
+    small = images.shrink(Image.fromarray(scan), 100)
+    gray = images.to_grayscale(small)
+    assert max(small.size) == 100
+    assert gray.max() == pytest.approx(60000 / 65535, abs=1e-3)
+    assert gray.min() == pytest.approx(3000 / 65535, abs=1e-3)  # not clipped to white
+
+
 def test_arrays_of_every_layout_and_range():
     rgb = np.zeros((5, 6, 3), np.uint8)
     rgb[..., 1] = 255

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from mnist_digits import kaggle
+from mnist_digits.checkpoint import load_model
 from mnist_digits.cli import main
 from mnist_digits.errors import InputError
 
@@ -115,3 +116,14 @@ def test_train_on_a_kaggle_csv_reports_validation_not_test(tmp_path, mnist, caps
     assert "validation accuracy" in out and "held out from train.csv" in out
     assert "not measured on MNIST's test set" in out and "test accuracy" not in out
     assert (run / "model.safetensors").is_file()
+    assert load_model(run / "model.safetensors").metadata["history"]  # curves for `report`
+
+
+def test_an_ensemble_trained_on_a_kaggle_csv_is_joined(tmp_path, mnist, capsys):
+    train_csv = write_csv(tmp_path / "train.csv", mnist.train.images[:300], mnist.train.labels[:300])
+    run = tmp_path / "run"
+    argv = ["train", "--train-csv", str(train_csv), "--dry-run", "--epochs", "1", "--no-progress"]
+    assert main([*argv, "--ensemble", "2", "--out", str(run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("held out from train.csv") == 2 and "test accuracy" not in out
+    assert len(load_model(run / "ensemble.safetensors").members_metadata) == 2

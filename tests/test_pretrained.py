@@ -3,6 +3,7 @@
 import pytest
 
 from mnist_digits import pretrained
+from mnist_digits.errors import CheckpointError
 from mnist_digits.evaluate import evaluate_model
 
 
@@ -67,3 +68,15 @@ def test_every_shipped_network_is_its_recipe_with_its_seed():
     for metadata in networks:
         config = TrainConfig.from_dict(metadata["train_config"])
         assert asdict(config) == asdict(recipe(config.recipe, seed=config.seed)), config
+
+
+def test_a_shipped_name_is_found_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reference").mkdir()  # e.g. the run directory `make train` writes
+    assert pretrained.resolve("reference") == pretrained.available()["reference"]
+    with pytest.raises(CheckpointError, match="is a folder, not a model file"):
+        pretrained.resolve("./reference")
+    with pytest.raises(CheckpointError, match="no such model file"):
+        pretrained.resolve("runs/absent")
+    with pytest.raises(CheckpointError, match="neither a model file nor a shipped model"):
+        pretrained.resolve("absent")

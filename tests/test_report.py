@@ -254,3 +254,19 @@ def test_report_rejects_images_that_do_not_match_the_evaluation(tmp_path):
     with pytest.raises(ValueError, match="50 evaluated test images"):
         write_report(evaluation, images[:40], tmp_path / "r.html", title="t")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_making_figures_leaves_the_users_matplotlib_alone():
+    """No pyplot, no backend switched: a notebook's interactive plots keep working."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from mnist_digits import plots, report\n"
+        "bins = report.calibration(np.array([0.9, 0.6]), np.array([True, False]))\n"
+        "assert plots.png_bytes(plots.reliability_figure(bins)).startswith(b'\\x89PNG')\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -5,6 +5,7 @@ import http.client
 import io
 import json
 import socket
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -341,6 +342,19 @@ def test_a_busy_port_is_a_clear_error(tiny_model_file, capsys):
     assert f"127.0.0.1:{port}" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="only Linux answers on all of 127.0.0.0/8")
+def test_any_loopback_address_answers_under_its_own_name(tiny_model_file, tmp_path):
+    running = RunningServer(tiny_model_file, tmp_path / "feedback.sqlite3", "--host", "127.0.0.2")
+    try:
+        assert running.url.startswith("http://127.0.0.2:")
+        status, _, body = call(f"{running.url}/api/health")
+        assert status == 200 and body["status"] == "ok"
+        status, _, _ = call(f"{running.url}/api/health", headers={"Host": "attacker.example"})
+        assert status == 400
+    finally:
+        running.stop()
+
+
 # --- feedback ------------------------------------------------------------------------------------
 
 
@@ -364,6 +378,36 @@ def test_feedback_is_stored_and_exported_as_idx(server, tmp_path):
     exported = feedback.read_idx(tmp_path)
     assert exported.labels[-1] == 7
     np.testing.assert_array_equal(exported.images[-1], np.array(seen, np.uint8).reshape(28, 28))
+
+
+def test_a_feedback_database_that_cannot_be_written_is_a_clear_error(tiny_model_file, tmp_path, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the database's folder should be")
+    argv = [
+        "serve",
+        "--model",
+        str(tiny_model_file),
+        "--port",
+        "0",
+        "--feedback-db",
+        str(blocker / "fb.sqlite3"),
+    ]
+    assert main(argv) == 1  # refused at the start, not at a person's first correction
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--feedback-db" in err and err.count("\n") == 1
+
+    folder = tmp_path / "feedback"
+    running = RunningServer(tiny_model_file, folder / "fb.sqlite3")
+    try:
+        (folder / "fb.sqlite3").unlink()
+        folder.rmdir()
+        folder.write_text("the folder is gone, a file took its place")
+        pixels = [0] * 784
+        assert_error(
+            post_json(f"{running.url}/api/feedback", {"pixels": pixels, "label": 3}), 500, "server_error"
+        )
+    finally:
+        running.stop()
 
 
 # --- right answers, with the trained model -------------------------------------------------------

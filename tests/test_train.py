@@ -113,6 +113,13 @@ def test_existing_run_is_never_overwritten_and_resume_needs_the_same_settings(sm
     with pytest.raises(CheckpointError, match="lr"):
         fit(replace(config, lr=0.5), small_mnist, tmp_path, resume=True, progress=False)
     assert (tmp_path / "model.safetensors").read_bytes() == before
+    fewer = replace(small_mnist, train=Split(small_mnist.train.images[:-50], small_mnist.train.labels[:-50]))
+    with pytest.raises(CheckpointError, match=r"trained on other data .* training images then"):
+        fit(config, fewer, tmp_path, resume=True, progress=False)
+    other = replace(small_mnist, sha256={**small_mnist.sha256, "extra-images": "0" * 64})
+    with pytest.raises(CheckpointError, match="files differ: extra-images"):
+        fit(config, other, tmp_path, resume=True, progress=False)
+    assert (tmp_path / "model.safetensors").read_bytes() == before
     with pytest.raises(MnistDigitsError, match="nothing to resume"):
         fit(config, small_mnist, tmp_path / "empty", resume=True, progress=False)
 
@@ -133,6 +140,24 @@ def test_weight_average_is_what_is_validated_and_saved(small_mnist, tmp_path):
     assert accuracy == pytest.approx(result.best_val_accuracy, abs=1e-6)
     with pytest.raises(MnistDigitsError, match="decay"):
         TrainConfig(ema=1.0)
+
+
+def test_an_interrupted_ensemble_says_which_member_stopped(small_mnist, tmp_path, monkeypatch):
+    from mnist_digits import train
+    from mnist_digits.resume import TrainingInterrupted
+
+    seeds = []
+
+    def fit_until_the_second(config, data, run_dir, **options):
+        seeds.append(config.seed)
+        if len(seeds) == 2:
+            raise TrainingInterrupted("stopped by SIGTERM in epoch 1, batch 3; continue with --resume.")
+        return None
+
+    monkeypatch.setattr(train, "fit", fit_until_the_second)
+    with pytest.raises(TrainingInterrupted, match=r"^ensemble member 2 of 3 stopped by SIGTERM"):
+        train.fit_ensemble(replace(SMALL, seed=5), small_mnist, tmp_path, 3, log=lambda m: None)
+    assert seeds == [5, 6]  # the third never started
 
 
 def test_checkpoint_from_before_a_new_setting_still_resumes(small_mnist, tmp_path):
@@ -203,6 +228,11 @@ def test_settings_change_any_field_of_a_recipe_and_refuse_what_they_cannot_read(
         ("model.conv_batchnorm=maybe", "current value, True."),
         ("label_smoothing", "write FIELD=VALUE, such as augment.rotation=10"),
         ("optimizer=sgd", "unknown optimizer 'sgd'"),  # the config's own checks still apply
+        ("epochs=0", "epochs 0: give a whole number, 1 or more (the reference uses 20)."),
+        ("batch_size=-1", "batch_size -1: give a whole number, 1 or more"),
+        ("lr=0", "lr 0.0: give a number above 0"),
+        ("warmup=1", "warmup 1.0: give a share between 0 and 1"),
+        ("label_smoothing=1", "label_smoothing 1.0: give a share in [0, 1)"),
     ]:
         with pytest.raises(MnistDigitsError, match=re.escape(message)):
             with_settings(best, [setting])

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use, so that `import mnist_digits` stays light (no torch) for the CLI's --help.
+    # Imported on first use, so that `import mnist_digits` (for its version, say) does not load torch.
     if name in ("load_model", "Prediction", "Recognizer"):
         from . import predict
 

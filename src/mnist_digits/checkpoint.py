@@ -66,13 +66,19 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         header_len = int.from_bytes(raw[:8], "little")  # safetensors: u64 length, JSON header
         header = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
     except Exception as e:  # safetensors raises several types for damaged files
+        if Path(path).suffix == ".onnx":
+            raise CheckpointError(
+                f"{path}: an ONNX file; only `predict` reads those. Give the .safetensors model it was "
+                "exported from, or a shipped model's name."
+            ) from e
         raise CheckpointError(
             f"{path}: not a readable safetensors file ({e}). It may be truncated or corrupt; "
             "use another checkpoint or train again."
         ) from e
     if header.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path}: not an mnist-digits model file (format {header.get('format')!r}, expected {FORMAT!r})."
+            f"{path}: not an mnist-digits model file (format {header.get('format')!r}, expected "
+            f"{FORMAT!r}); give a file written by `mnist-digits train`, `join`, or a shipped model's name."
         )
     try:
         tensors = expand(tensors)
@@ -194,6 +200,8 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     if "members" not in metadata:
         model: torch.nn.Module = build_model(tensors, metadata, Path(path))
     else:
+        if not metadata["members"]:
+            raise CheckpointError(f"{path}: an ensemble file with no networks in it; join it again.")
         networks = []
         for i, member in enumerate(metadata["members"]):
             prefix = MEMBER_PREFIX.format(i)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__, data, distributed
 from .errors import MnistDigitsError
+from .files import ensure_writable_dir
 from .resume import TrainingInterrupted
 
 if TYPE_CHECKING:
@@ -154,9 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("runs/reference"),
         metavar="DIR",
-        help="run directory for checkpoints, history and the model (default: runs/reference)",
+        help="run directory for checkpoints, history and the model (default: runs/RECIPE)",
     )
     p.add_argument(
         "--set",
@@ -401,9 +401,14 @@ def _load_data(args: argparse.Namespace) -> data.Mnist:
     return data.load(directory, verify=not args.no_verify)
 
 
-def _test_line(test: Evaluation | None) -> str:
+_NOT_READ = "official test set not read (--no-test); measure the chosen model once with `evaluate`"
+_KAGGLE_NOT_READ = "not measured on MNIST's test set: Kaggle's digits include those images"
+
+
+def _test_line(test: Evaluation | None, unread: str = _NOT_READ) -> str:
+    """The test result to print, or `unread`: why the test set was left alone."""
     if test is None:
-        return "official test set not read (--no-test); measure the chosen model once with `evaluate`"
+        return unread
     return f"test accuracy {test.accuracy:.4%} ({test.errors} errors), test loss {test.loss:.4f}"
 
 
@@ -461,6 +466,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = with_settings(config, args.set)
     if args.ensemble < 1:
         raise MnistDigitsError(f"--ensemble {args.ensemble}: give the number of networks, 1 or more.")
+    out: Path = args.out or Path("runs") / args.recipe  # default: runs/best for --recipe best
     # Under torchrun: one process per GPU (or CPU share); the main one fetches data first.
     cluster, device = distributed.join(pick_device(args.device))
     if not cluster.is_main:
@@ -478,41 +484,37 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"Training recipe '{config.recipe}' on {device} for {config.epochs} epochs "
             f"(batch {config.batch_size}, seed {config.seed}"
             + (f", {cluster.world_size} processes" if cluster.distributed else "")
-            + f"); run directory {args.out}"
+            + f"); run directory {out}"
         )
     options = dict(device=device, resume=args.resume, progress=not args.no_progress, cluster=cluster)
     if args.ensemble > 1:
-        results = fit_ensemble(config, mnist, args.out, args.ensemble, **options)
+        results = fit_ensemble(config, mnist, out, args.ensemble, **options)
     else:
-        results = [fit(config, mnist, args.out, **options)]
+        results = [fit(config, mnist, out, **options)]
     distributed.leave(cluster)
     if not cluster.is_main:
         return EXIT_OK
     seconds = sum(r.train_seconds for r in results)
-    if args.train_csv:
-        # Kaggle's 42,000 digits are drawn from all 70,000 of MNIST's, its test set included: a
-        # score on that set would be inflated, so the held-out validation split is the measure.
-        for r in results:
-            print(f"{r.describe()} (held out from {args.train_csv.name})")
-        print(
-            "not measured on MNIST's test set: Kaggle's digits include those images\n"
-            f"trained in {seconds / 60:.1f} min on {device}"
-        )
-        return EXIT_OK
     # The official test set is used here, once, on the epochs chosen by validation accuracy
     # (or the last ones, without a validation split), unless --no-test leaves it unread.
-    test_split = None if args.no_test else mnist.test
-    members = [args.out] if args.ensemble == 1 else [args.out / f"member{i}" for i in range(args.ensemble)]
+    # Kaggle's 42,000 digits are drawn from all 70,000 of MNIST's, its test set included: a
+    # score on that set would be inflated, so with --train-csv validation is the measure.
+    test_split = None if args.no_test or args.train_csv else mnist.test
+    unread = _KAGGLE_NOT_READ if args.train_csv else _NOT_READ
+    members = [out] if args.ensemble == 1 else [out / f"member{i}" for i in range(args.ensemble)]
     for result, member in zip(results, members, strict=True):
         model_path = member / "model.safetensors"
         test = record_training(
             model_path, result.model, [asdict(s) for s in result.history], test_split, device
         )
-        print(f"{result.describe()}\n{_test_line(test)}\nmodel: {model_path}")
+        kept = result.describe()
+        if args.train_csv and result.best_val_accuracy is not None:
+            kept += f" (held out from {args.train_csv.name})"
+        print(f"{kept}\n{_test_line(test, unread)}\nmodel: {model_path}")
     if args.ensemble > 1:
-        path = args.out / "ensemble.safetensors"
+        path = out / "ensemble.safetensors"
         _, test = record_ensemble(path, [m / "model.safetensors" for m in members], test_split, device)
-        print(f"ensemble of {args.ensemble}: {_test_line(test)}\nmodel: {path}")
+        print(f"ensemble of {args.ensemble}: {_test_line(test, unread)}\nmodel: {path}")
     print(f"trained in {seconds / 60:.1f} min on {device}")
     return EXIT_OK
 
@@ -554,13 +556,17 @@ def _evaluate_on_test_set(args: argparse.Namespace) -> tuple[LoadedModel, data.M
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import format_report
 
+    if args.out:
+        ensure_writable_dir(args.out)  # before the work, not after it
     loaded, mnist, evaluation = _evaluate_on_test_set(args)
     figures = []
     if args.out:
         from . import plots
+        from .report import calibration
 
-        args.out.mkdir(parents=True, exist_ok=True)
         figures.append(plots.confusion_png(evaluation, args.out / "confusion.png"))
+        reliability = calibration(evaluation.confidences, evaluation.correct)
+        figures.append(plots.reliability_png(reliability, args.out / "reliability.png"))
         figures.append(
             plots.misclassified_png(
                 evaluation, mnist.test.images, mnist.test.labels, args.out / "misclassified.png"

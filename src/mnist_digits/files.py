@@ -59,7 +59,11 @@ def _explain_write_error(path: Path, e: OSError) -> str:
         return f"{path}: no space left on the device. Free some space and run again; nothing was overwritten."
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{path}: not allowed to write here ({e.strerror}). Choose a writable directory."
-    return f"{path}: cannot write the file ({e.strerror or e})."
+    if e.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"{path}: a file stands where a folder is needed ({e.strerror}). Choose another path."
+    return (
+        f"{path}: cannot write here ({e.strerror or e}). Check the path and its permissions, and run again."
+    )
 
 
 def sha256_hex(content: bytes) -> str:

@@ -82,7 +82,9 @@ def _too_large(size: tuple[int, int] | None, max_pixels: int) -> str:
 
 def shrink(image: Image.Image, max_side: int) -> Image.Image:
     """`image` with its longest side at most `max_side`, in a mode that keeps its alpha."""
-    if image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")  # keeps the 16-bit values; converting to RGB would clip them at 255
+    elif image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
         has_alpha = image.mode in ("PA", "La", "RGBa") or image.has_transparency_data
         image = image.convert("RGBA" if has_alpha else "RGB")
     scale = max_side / max(image.size)

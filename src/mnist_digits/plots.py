@@ -11,12 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
 import matplotlib.ticker
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from .evaluate import Evaluation
@@ -29,25 +26,24 @@ if TYPE_CHECKING:
 ERROR_RED = "#b00020"
 
 
-def png_bytes(figure: plt.Figure) -> bytes:
-    """Render the figure as PNG and close it (pyplot keeps every open figure alive until then)."""
+def png_bytes(figure: Figure) -> bytes:
+    """Render the figure as PNG. Figures are made without pyplot: no global backend is chosen
+    or changed (a user's interactive plots keep theirs), and nothing keeps them alive after."""
     buffer = io.BytesIO()
-    try:
-        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(figure)
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path) -> Path:
     write_atomic(path, png_bytes(figure))
     return path
 
 
-def confusion_figure(evaluation: Evaluation, title: str = "") -> plt.Figure:
+def confusion_figure(evaluation: Evaluation, title: str = "") -> Figure:
     """Counts on a log-scaled colour map, so that the few errors stand out beside the diagonal."""
     counts = np.asarray(evaluation.confusion)
-    figure, axes = plt.subplots(figsize=(6.4, 5.6))
+    figure = Figure(figsize=(6.4, 5.6))
+    axes = figure.subplots()
     image = axes.imshow(np.log1p(counts), cmap="Blues")
     for true in range(NUM_CLASSES):
         for predicted in range(NUM_CLASSES):
@@ -78,13 +74,14 @@ def confusion_png(evaluation: Evaluation, path: Path, title: str = "") -> Path:
 
 def misclassified_figure(
     evaluation: Evaluation, images: np.ndarray, labels: np.ndarray, limit: int = 100
-) -> plt.Figure:
+) -> Figure:
     """The misclassified digits, most confident mistakes first, with true/predicted/confidence."""
     wrong = np.flatnonzero(evaluation.predictions != labels)
     wrong = wrong[np.argsort(-evaluation.confidences[wrong])][:limit]
     columns = 10
     rows = max(1, -(-len(wrong) // columns))
-    figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.1, rows * 1.35), squeeze=False)
+    figure = Figure(figsize=(columns * 1.1, rows * 1.35))
+    grid = figure.subplots(rows, columns, squeeze=False)
     for axes in grid.flat:
         axes.axis("off")
     for axes, index in zip(grid.flat, wrong, strict=False):
@@ -109,7 +106,7 @@ def misclassified_png(
     return _save(misclassified_figure(evaluation, images, labels, limit), path)
 
 
-def curves_figure(histories: Sequence[Sequence[dict]]) -> plt.Figure:
+def curves_figure(histories: Sequence[Sequence[dict]]) -> Figure:
     """Loss, accuracy and learning rate per epoch, training and validation, for each history.
 
     One history: train and validation in two colours. Several (an ensemble's members): one
@@ -118,7 +115,8 @@ def curves_figure(histories: Sequence[Sequence[dict]]) -> plt.Figure:
     members = [(number, history) for number, history in enumerate(histories, start=1) if history]
     if not members:
         raise ValueError("curves_figure needs at least one non-empty training history")
-    figure, (loss_ax, acc_ax, lr_ax) = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure = Figure(figsize=(13, 3.6))
+    loss_ax, acc_ax, lr_ax = figure.subplots(1, 3)
     single = len(histories) == 1
     for number, history in members:
         epochs = [h["epoch"] for h in history]
@@ -163,15 +161,14 @@ def curves_png(history: Sequence[dict], path: Path) -> Path:
     return _save(curves_figure([history]), path)
 
 
-def reliability_figure(calibration: Calibration) -> plt.Figure:
+def reliability_figure(calibration: Calibration) -> Figure:
     """Accuracy per confidence bin, its gap to the bin's mean confidence hatched, bin counts below."""
     edges, counts = calibration.edges, calibration.counts
     filled = counts > 0
     left, width = edges[:-1][filled], np.diff(edges)[filled]
     accuracy, confidence = calibration.accuracy[filled], calibration.confidence[filled]
-    figure, (acc_ax, count_ax) = plt.subplots(
-        2, 1, figsize=(6.4, 6.4), sharex=True, gridspec_kw={"height_ratios": (3, 1.2)}
-    )
+    figure = Figure(figsize=(6.4, 6.4))
+    acc_ax, count_ax = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1.2)})
     acc_ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
     acc_ax.bar(left, accuracy, width, align="edge", color="tab:blue", edgecolor="white", label="accuracy")
     # Above the bar: over-confident; below its top: under-confident.

@@ -23,7 +23,7 @@ from PIL import Image
 from . import images
 from .errors import InputError
 from .export import OnnxModel
-from .files import write_atomic
+from .files import ensure_writable_dir, write_atomic
 from .preprocess import DEFAULT_CONFIG, PreparedDigit, PreprocessConfig, prepare_digit, segment_digits
 
 ImageInput: TypeAlias = str | Path | bytes | Image.Image | np.ndarray  # one image; bytes: a file's
@@ -278,7 +278,7 @@ def cached_onnx(model: torch.nn.Module, path: Path, tta: bool) -> OnnxModel:
     key = hashlib.sha256(path.read_bytes()).hexdigest()[:16] + ("-tta" if tta else "")
     onnx_path = Path(platformdirs.user_cache_dir("mnist-digits")) / "onnx" / f"{key}.onnx"
     if not onnx_path.exists():
-        onnx_path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(onnx_path.parent)
         export_onnx(model.cpu(), onnx_path)
     return OnnxModel.load(onnx_path)
 

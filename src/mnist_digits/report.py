@@ -110,7 +110,7 @@ def write_report(
             f"the images ({images.shape}) and labels ({len(evaluation.labels)}) must be the "
             f"{evaluation.count:,} evaluated test images, shape (N, 28, 28), in evaluation order"
         )
-    bins = calibration(evaluation.confidences, evaluation.predictions == evaluation.labels)
+    bins = calibration(evaluation.confidences, evaluation.correct)
     sections = [
         _details_table(details),
         _accuracy_section(evaluation, bins),

@@ -73,8 +73,11 @@ class TrainingState:
     average: torch.nn.Module | None = None  # the weight average (train.make_average), if any
 
 
-def save_state(path: Path, state: TrainingState, train_config: dict[str, Any]) -> None:
-    """Everything needed to continue exactly where training stands, written atomically."""
+def save_state(
+    path: Path, state: TrainingState, train_config: dict[str, Any], data_identity: dict[str, Any]
+) -> None:
+    """Everything needed to continue exactly where training stands, written atomically.
+    `data_identity` (checksums and image count) lets a resume refuse other training data."""
     tensors = checkpoint.model_tensors(state.model)
     optimizer_state = state.optimizer.state_dict()
     for index, values in optimizer_state["state"].items():
@@ -92,6 +95,7 @@ def save_state(path: Path, state: TrainingState, train_config: dict[str, Any]) -
         progress = state.in_progress.scalars()
     metadata = {
         "train_config": train_config,
+        "data_identity": data_identity,
         "model_config": state.model.config.to_dict(),
         "optimizer_param_groups": optimizer_state["param_groups"],
         "scheduler": state.scheduler.state_dict(),
@@ -105,11 +109,19 @@ def restore_state(
     path: Path,
     state: TrainingState,
     train_config: dict[str, Any],
+    data_identity: dict[str, Any],
     complete: Callable[[dict[str, Any]], dict[str, Any]] = lambda config: config,
 ) -> None:
-    """Load a checkpoint into `state`, refusing one made with other settings. `complete` fills
-    a saved config's fields that older versions did not record with their defaults."""
+    """Load a checkpoint into `state`, refusing one made with other settings or other data.
+    `complete` fills a saved config's fields that older versions did not record with their defaults."""
     tensors, metadata = checkpoint.read(path)
+    saved_data = metadata.get("data_identity")  # absent from checkpoints of older versions
+    if saved_data is not None and saved_data != json.loads(json.dumps(data_identity)):
+        raise CheckpointError(
+            f"{path} was trained on other data ({_data_difference(saved_data, data_identity)}). Resume "
+            "with the same data options (--data-dir, --extra-idx, --train-csv, --dry-run), or start a "
+            "new run in another --out directory."
+        )
     saved = json.loads(json.dumps(complete(metadata.get("train_config", {}))))
     wanted = json.loads(json.dumps(train_config))  # tuples become lists, as when saved
     if saved != wanted:
@@ -170,3 +182,13 @@ def stop_on_signals() -> Iterator[StopRequest]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _data_difference(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    if saved.get("train_images") != now.get("train_images"):
+        return f"{saved.get('train_images'):,} training images then, {now.get('train_images'):,} now"
+    files = sorted(
+        set(saved.get("sha256", {})) ^ set(now.get("sha256", {}))
+        | {k for k in saved.get("sha256", {}) if saved["sha256"][k] != now.get("sha256", {}).get(k)}
+    )
+    return f"files differ: {', '.join(files)}"

@@ -91,6 +91,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "Body, image or batch over the limits",
         415: "Not JSON or multipart/form-data, or a file that is not an image",
         422: "JSON that does not fit the schema",
+        500: "The server's own trouble, such as a feedback database it can no longer write",
     }.items()
 }
 
@@ -104,6 +105,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     recognizer = load_model(config.model, pick_device(config.device), tta=config.tta)
     model_name = config.model  # a shipped model's name, or the file's path as given
     store = FeedbackStore(config.feedback_db)
+    store.count()  # a database that cannot be opened stops the start, not a person's first correction
     static = {name: (resources.files("mnist_digits") / "static" / name).read_bytes() for name in STATIC_FILES}
     recognizer.probabilities(np.zeros((1, 28, 28), np.float32))  # the first call is slow: pay it now
 
@@ -114,7 +116,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     )
     if _is_loopback(config.host):
         # A web page whose DNS name is re-pointed to 127.0.0.1 sends its own name as Host: refused.
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_NAMES))
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=[*LOOPBACK_NAMES, config.host])
     if config.allowed_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -286,23 +288,27 @@ async def _read_uploads(request: Request, body: bytes, max_batch: int) -> list[t
         form = await Request(request.scope, replay).form()
     except StarletteHTTPException as e:  # a malformed body
         raise ApiError(400, "invalid_multipart", f"Cannot read the multipart form: {e.detail}") from e
-    files = [item for item in form.getlist("file") if isinstance(item, UploadFile)]
-    if not files:
-        raise ApiError(400, "missing_file", "The form has no file: send the image in a field named `file`.")
-    _check_batch(len(files), max_batch)
-    contents: list[tuple[str, bytes]] = []
-    for upload in files:
-        content_type = (upload.content_type or "application/octet-stream").lower()
-        if not content_type.startswith(UPLOAD_TYPES):
+    try:  # closes the form's spooled files on every path, errors included
+        files = [item for item in form.getlist("file") if isinstance(item, UploadFile)]
+        if not files:
             raise ApiError(
-                415,
-                "unsupported_media_type",
-                f"{upload.filename or 'the file'} is {content_type}, not an image. "
-                "Upload a PNG, JPEG, GIF, BMP, WebP or TIFF file.",
+                400, "missing_file", "The form has no file: send the image in a field named `file`."
             )
-        contents.append((upload.filename or f"file {len(contents)}", await upload.read()))
-    await form.close()
-    return contents
+        _check_batch(len(files), max_batch)
+        contents: list[tuple[str, bytes]] = []
+        for upload in files:
+            content_type = (upload.content_type or "application/octet-stream").lower()
+            if not content_type.startswith(UPLOAD_TYPES):
+                raise ApiError(
+                    415,
+                    "unsupported_media_type",
+                    f"{upload.filename or 'the file'} is {content_type}, not an image. "
+                    "Upload a PNG, JPEG, GIF, BMP, WebP or TIFF file.",
+                )
+            contents.append((upload.filename or f"file {len(contents)}", await upload.read()))
+        return contents
+    finally:
+        await form.close()
 
 
 def _check_batch(count: int, max_batch: int) -> None:
@@ -405,6 +411,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         problems = "; ".join(_describe(error) for error in e.errors()[:5])
         return _error_response(422, "invalid_request", f"The request does not fit the schema: {problems}.")
+
+    @app.exception_handler(MnistDigitsError)
+    async def server_error(request: Request, e: MnistDigitsError) -> JSONResponse:
+        # The server's own trouble (a feedback database gone read-only or full): the caller sees why.
+        return _error_response(500, "server_error", str(e))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:

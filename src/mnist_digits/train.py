@@ -40,6 +40,27 @@ from .resume import (
     stop_on_signals,
 )
 
+# What TrainConfig's numbers may hold (`--set` reaches them all): field, test, what to give.
+_POSITIVE_INT = (lambda v: v >= 1, "a whole number, 1 or more")
+_POSITIVE = (lambda v: v > 0, "a number above 0")
+_NON_NEGATIVE = (lambda v: v >= 0, "a number, 0 or more")
+_SHARE = (lambda v: 0 < v < 1, "a share between 0 and 1")
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "epochs": _POSITIVE_INT,
+    "batch_size": _POSITIVE_INT,
+    "lr": _POSITIVE,
+    "rho": (lambda v: 0 <= v < 1, "a decay in [0, 1)"),
+    "eps": _NON_NEGATIVE,
+    "weight_decay": _NON_NEGATIVE,
+    "label_smoothing": (lambda v: 0 <= v < 1, "a share in [0, 1)"),
+    "warmup": _SHARE,
+    "plateau_patience": (lambda v: v >= 0, "a whole number of epochs, 0 or more"),
+    "plateau_factor": _SHARE,
+    "plateau_min_delta": _NON_NEGATIVE,
+    "min_lr": _NON_NEGATIVE,
+    "eval_batch_size": _POSITIVE_INT,
+}
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -72,6 +93,12 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
+        for name, (valid, what) in _RANGES.items():
+            if not valid(getattr(self, name)):
+                default = getattr(TrainConfig, name)
+                raise MnistDigitsError(
+                    f"{name} {getattr(self, name)}: give {what} (the reference uses {default})."
+                )
         if self.optimizer not in ("rmsprop", "adamw"):
             raise MnistDigitsError(f"unknown optimizer {self.optimizer!r}; choose rmsprop or adamw.")
         if self.schedule not in ("plateau", "onecycle"):
@@ -153,7 +180,7 @@ RECIPES: dict[str, TrainConfig] = {
     ),
     # The reference width with BatchNorm after every convolution, the reference
     # augmentation, label smoothing, AdamW on a one-cycle schedule (`best` until `lean`'s
-    # wider network overtook it; three of the shipped ensemble's networks).
+    # wider network overtook it; two of the shipped ensemble's networks).
     "full": TrainConfig(
         recipe="full",
         epochs=20,
@@ -189,7 +216,10 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise MnistDigitsError("--device cuda was asked for, but PyTorch sees no CUDA GPU here.")
+        raise MnistDigitsError(
+            "--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu, or auto "
+            "to take a GPU when there is one."
+        )
     return device
 
 
@@ -450,8 +480,9 @@ def fit(
         history=[],
         average=average,
     )
+    data_identity = {"sha256": data.sha256, "train_images": len(data.train.labels)}
     if resume:
-        restore_state(state_path, state, config.to_dict(), _completed)
+        restore_state(state_path, state, config.to_dict(), data_identity, _completed)
         where = f"epoch {len(state.history) + 1}"
         if state.in_progress:
             where += f", batch {state.in_progress.step + 1}"
@@ -509,11 +540,11 @@ def fit(
                 )
             if not finished:
                 if cluster.is_main:
-                    save_state(state_path, state, config.to_dict())
+                    save_state(state_path, state, config.to_dict(), data_identity)
                 distributed.barrier(cluster)
                 raise TrainingInterrupted(
                     f"stopped by {stop.signal_name} in epoch {epoch}, batch {epoch_progress.step}; "
-                    f"the run is saved in {state_path}. Continue it with --resume --out {run_dir}."
+                    f"the run is saved in {state_path}. Continue it: run the same command with --resume."
                 )
             distributed.sync_buffers(model, cluster)  # every process validates the same network
             if average is not None:
@@ -567,7 +598,7 @@ def fit(
                     kept,
                     {**metadata, "epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss},
                 )
-            save_state(state_path, state, config.to_dict())
+            save_state(state_path, state, config.to_dict(), data_identity)
             history_lines = "".join(json.dumps(asdict(s)) + "\n" for s in state.history)
             write_atomic(run_dir / "history.jsonl", history_lines.encode())
 
@@ -599,7 +630,10 @@ def fit_ensemble(
         member = replace(config, seed=config.seed + i)
         log(f"Ensemble member {i + 1} of {size} (seed {member.seed}) in {member_dir}")
         again = resume and (member_dir / "checkpoint.safetensors").exists()
-        results.append(fit(member, data, member_dir, resume=again, log=log, **options))
+        try:
+            results.append(fit(member, data, member_dir, resume=again, log=log, **options))
+        except TrainingInterrupted as e:  # resuming takes the whole ensemble's command, not the member's
+            raise TrainingInterrupted(f"ensemble member {i + 1} of {size} {e}") from e
     return results
 
 
