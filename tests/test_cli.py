@@ -1,6 +1,8 @@
 import json
 
 import pytest
+import torch
+from safetensors import torch as safetensors_torch
 
 from mnist_digits import checkpoint, evaluate
 from mnist_digits.cli import main
@@ -124,6 +126,30 @@ def test_evaluate_into_a_file_instead_of_a_folder_fails_before_the_work(
         err.startswith("error: ") and "a file stands where a folder is needed" in err and err.count("\n") == 1
     )
     assert taken.read_text() == "keep me"
+
+
+def test_evaluate_record_stores_the_test_accuracy_and_keeps_the_weights_as_stored(
+    data_env, tiny_model, tmp_path, capsys
+):
+    ensemble = tmp_path / "ensemble.safetensors"
+    argv = ["join", str(tiny_model), str(tiny_model), "--weights", "int8", "--no-test", "-o", str(ensemble)]
+    assert main(argv) == 0
+    stored_before, _ = safetensors_torch.load_file(ensemble), capsys.readouterr()
+    for path in (tiny_model, ensemble):
+        assert "test_accuracy" not in checkpoint.load_model(path).metadata
+        assert main(["evaluate", "--model", str(path), "--record", "--json"]) == 0
+        measured = json.loads(capsys.readouterr().out)
+        metadata = checkpoint.load_model(path).metadata
+        assert metadata["test_accuracy"] == pytest.approx(measured["accuracy"])
+        assert metadata["test_loss"] == pytest.approx(measured["loss"])
+    stored_after = safetensors_torch.load_file(ensemble)
+    assert stored_after.keys() == stored_before.keys()
+    assert all(torch.equal(stored_after[k], stored_before[k]) for k in stored_before)  # int8 stays int8
+
+    assert main(["evaluate", "--model", str(tiny_model), "--record", "--tta"]) == 1
+    assert "leave out --tta" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "reference", "--record"]) == 1
+    assert "shipped with the package" in capsys.readouterr().err
 
 
 def test_unknown_model_is_a_clear_error(capsys):

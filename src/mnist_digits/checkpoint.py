@@ -54,7 +54,20 @@ def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any])
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors (int8 weights expanded to float32) and metadata of a file written by `save`;
     CheckpointError if it is not one."""
-    path = Path(path)
+    tensors, metadata = _read_stored(Path(path))
+    try:
+        return expand(tensors), metadata
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: its int8 weights and their scales do not match ({e}).") from e
+
+
+def update_metadata(path: Path, values: dict[str, Any]) -> None:
+    """Add `values` to a file's metadata, its tensors stored exactly as they were (int8 stays int8)."""
+    tensors, metadata = _read_stored(Path(path))
+    save(path, tensors, {**metadata, **values})
+
+
+def _read_stored(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -80,10 +93,6 @@ def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             f"{path}: not an mnist-digits model file (format {header.get('format')!r}, expected "
             f"{FORMAT!r}); give a file written by `mnist-digits train`, `join`, or a shipped model's name."
         )
-    try:
-        tensors = expand(tensors)
-    except (KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: its int8 weights and their scales do not match ({e}).") from e
     return tensors, json.loads(header["metadata"])
 
 

@@ -200,11 +200,17 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[data_opts],
         help="measure a model on the official test set",
         description="Accuracy, loss, per-class precision/recall/F1 and the confusion matrix on "
-        "the 10,000 test images; with --out, PNGs of the confusion matrix, the misclassified "
-        "digits and the training curves.",
+        "the 10,000 test images; with --out, PNGs of the confusion matrix, the reliability "
+        "diagram, the misclassified digits and the training curves.",
     )
     _model_option(p, tta=True)
     p.add_argument("--out", type=Path, metavar="DIR", help="write the PNG figures here")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="store the test accuracy and loss in the model file, as `train` does (for a model "
+        "trained with --no-test, once its settings are chosen; `join` copies it into ensembles)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _device_option(p)
 
@@ -401,7 +407,7 @@ def _load_data(args: argparse.Namespace) -> data.Mnist:
     return data.load(directory, verify=not args.no_verify)
 
 
-_NOT_READ = "official test set not read (--no-test); measure the chosen model once with `evaluate`"
+_NOT_READ = "official test set not read (--no-test); measure the chosen model once with `evaluate --record`"
 _KAGGLE_NOT_READ = "not measured on MNIST's test set: Kaggle's digits include those images"
 
 
@@ -558,7 +564,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.out:
         ensure_writable_dir(args.out)  # before the work, not after it
+    if args.record:
+        _check_recordable(args)
     loaded, mnist, evaluation = _evaluate_on_test_set(args)
+    if args.record:
+        from .checkpoint import update_metadata
+
+        update_metadata(loaded.path, {"test_accuracy": evaluation.accuracy, "test_loss": evaluation.loss})
+        _stderr(f"recorded the test accuracy in {loaded.path}")
     figures = []
     if args.out:
         from . import plots
@@ -593,6 +606,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for figure in figures:
             print(f"wrote {figure}")
     return EXIT_OK
+
+
+def _check_recordable(args: argparse.Namespace) -> None:
+    from .pretrained import available
+
+    if args.tta:
+        raise MnistDigitsError(
+            "--record stores the model's own test accuracy, which --tta would change; leave out --tta."
+        )
+    if args.model in available():
+        raise MnistDigitsError(
+            f"--record writes into the model file; {args.model!r} is shipped with the package and "
+            "already holds its test accuracy."
+        )
 
 
 def cmd_export(args: argparse.Namespace) -> int:
