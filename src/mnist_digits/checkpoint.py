@@ -79,7 +79,7 @@ def _read_stored(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         header_len = int.from_bytes(raw[:8], "little")  # safetensors: u64 length, JSON header
         header = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
     except Exception as e:  # safetensors raises several types for damaged files
-        if Path(path).suffix == ".onnx":
+        if path.suffix == ".onnx":
             raise CheckpointError(
                 f"{path}: an ONNX file; only `predict` reads those. Give the .safetensors model it was "
                 "exported from, or a shipped model's name."

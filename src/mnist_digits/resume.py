@@ -187,8 +187,6 @@ def stop_on_signals() -> Iterator[StopRequest]:
 def _data_difference(saved: dict[str, Any], now: dict[str, Any]) -> str:
     if saved.get("train_images") != now.get("train_images"):
         return f"{saved.get('train_images'):,} training images then, {now.get('train_images'):,} now"
-    files = sorted(
-        set(saved.get("sha256", {})) ^ set(now.get("sha256", {}))
-        | {k for k in saved.get("sha256", {}) if saved["sha256"][k] != now.get("sha256", {}).get(k)}
-    )
+    then, here = saved.get("sha256", {}), now.get("sha256", {})
+    files = sorted(name for name in then.keys() | here.keys() if then.get(name) != here.get(name))
     return f"files differ: {', '.join(files)}"
