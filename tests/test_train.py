@@ -11,7 +11,15 @@ from mnist_digits.augment import AugmentConfig
 from mnist_digits.data import Mnist, Split, split_validation, to_tensors
 from mnist_digits.errors import CheckpointError, MnistDigitsError
 from mnist_digits.model import DigitNet, ModelConfig
-from mnist_digits.train import RECIPES, PlateauScheduler, TrainConfig, fit, recipe, with_settings
+from mnist_digits.train import (
+    RECIPES,
+    PlateauScheduler,
+    TrainConfig,
+    fit,
+    make_scheduler,
+    recipe,
+    with_settings,
+)
 
 # A small network and a few epochs on 1,200 real digits: seconds, not minutes.
 SMALL = TrainConfig(
@@ -350,6 +358,26 @@ def test_onecycle_rises_to_the_peak_then_anneals_and_is_logged(small_mnist, tmp_
     steps = math.ceil(len(train_split.labels) / config.batch_size) * 2
     assert state["scheduler"]["last_epoch"] == steps  # stepped once per batch, to the end
     assert result.best_val_accuracy > 0.5
+
+
+def test_onecycle_ends_at_the_peak_over_final_div():
+    for final_div in (25_000.0, 4.0):
+        config = replace(
+            SMALL, schedule="onecycle", optimizer="adamw", lr=8e-3, epochs=3, final_div=final_div
+        )
+        optimizer = torch.optim.AdamW(DigitNet(config.model).parameters(), lr=config.lr)
+        scheduler = make_scheduler(optimizer, config, train_size=10 * config.batch_size)
+        lrs = []
+        for _ in range(30 + 5):  # 3 epochs of 10 batches, and spare steps that must change nothing
+            optimizer.step()
+            scheduler.after_batch()
+            lrs.append(optimizer.param_groups[0]["lr"])  # the next batch's lr
+        assert max(lrs) == pytest.approx(8e-3, rel=0.01)
+        assert lrs[28] == pytest.approx(8e-3 / final_div)  # the last batch's
+        assert lrs[-1] == lrs[29]
+        assert f"down to {8e-3 / final_div:.1e}" in scheduler.describe()
+    with pytest.raises(MnistDigitsError, match=re.escape("final_div 0.5: give a ratio, 1 or more")):
+        TrainConfig(final_div=0.5)
 
 
 def test_unknown_optimizer_or_schedule_is_a_clear_error():

@@ -54,6 +54,7 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "weight_decay": _NON_NEGATIVE,
     "label_smoothing": (lambda v: 0 <= v < 1, "a share in [0, 1)"),
     "warmup": _SHARE,
+    "final_div": (lambda v: v >= 1, "a ratio, 1 or more"),
     "plateau_patience": (lambda v: v >= 0, "a whole number of epochs, 0 or more"),
     "plateau_factor": _SHARE,
     "plateau_min_delta": _NON_NEGATIVE,
@@ -77,6 +78,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # share of each target spread over the other classes
     schedule: str = "plateau"  # "plateau": cut lr when validation stalls; "onecycle": per step
     warmup: float = 0.25  # one-cycle: share of all steps spent rising to the peak lr
+    final_div: float = 25_000.0  # one-cycle: the peak lr over the last step's (PyTorch's default);
+    # 4 keeps the rate above a quarter of its peak, where the weight average is still moving
     precision: str = "fp32"  # "bf16": autocast the training forward pass to bfloat16 (GPUs, and
     # CPUs with native bf16 such as AVX-512 BF16 or AMX; elsewhere it is emulated and slower)
     plateau_patience: int = 3  # epochs without a better validation accuracy before cutting lr
@@ -394,7 +397,8 @@ class PlateauScheduler(Scheduler):
 
 
 class OneCycleScheduler(Scheduler):
-    """Smith's one-cycle policy: lr rises to its peak, then anneals (cosine) to nearly zero."""
+    """Smith's one-cycle policy: lr rises to its peak, then anneals (cosine) to nearly zero
+    (or to the peak / `final_div`)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> None:
         self.total_steps = config.epochs * steps_per_epoch
@@ -405,7 +409,7 @@ class OneCycleScheduler(Scheduler):
             pct_start=config.warmup,
             cycle_momentum=False,
             div_factor=25.0,  # starts at lr / 25
-            final_div_factor=1e3,  # ends at lr / 25,000
+            final_div_factor=config.final_div / 25.0,  # of the start: ends at lr / final_div
         )
         self.config = config
 
@@ -417,7 +421,7 @@ class OneCycleScheduler(Scheduler):
         c = self.config
         return (
             f"one-cycle learning rate over {self.total_steps:,} steps: {c.lr / 25:.1e} rising to "
-            f"{c.lr:.1e} in the first {c.warmup:.0%}, then down to {c.lr / 25e3:.1e}"
+            f"{c.lr:.1e} in the first {c.warmup:.0%}, then down to {c.lr / c.final_div:.1e}"
         )
 
 
