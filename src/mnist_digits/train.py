@@ -400,6 +400,8 @@ class OneCycleScheduler(Scheduler):
     """Smith's one-cycle policy: lr rises to its peak, then anneals (cosine) to nearly zero
     (or to the peak / `final_div`)."""
 
+    START_DIV = 25.0  # the first step's lr is the peak / 25 (PyTorch's default)
+
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> None:
         self.total_steps = config.epochs * steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -408,8 +410,8 @@ class OneCycleScheduler(Scheduler):
             total_steps=self.total_steps,
             pct_start=config.warmup,
             cycle_momentum=False,
-            div_factor=25.0,  # starts at lr / 25
-            final_div_factor=config.final_div / 25.0,  # of the start: ends at lr / final_div
+            div_factor=self.START_DIV,
+            final_div_factor=config.final_div / self.START_DIV,  # of the start: ends at lr / final_div
         )
         self.config = config
 
@@ -420,7 +422,7 @@ class OneCycleScheduler(Scheduler):
     def describe(self) -> str:
         c = self.config
         return (
-            f"one-cycle learning rate over {self.total_steps:,} steps: {c.lr / 25:.1e} rising to "
+            f"one-cycle learning rate over {self.total_steps:,} steps: {c.lr / self.START_DIV:.1e} rising to "
             f"{c.lr:.1e} in the first {c.warmup:.0%}, then down to {c.lr / c.final_div:.1e}"
         )
 
