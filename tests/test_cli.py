@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors import torch as safetensors_torch
 
-from mnist_digits import checkpoint, evaluate
+from mnist_digits import checkpoint, evaluate, pretrained
 from mnist_digits.cli import main
 from mnist_digits.model import DigitNet, ModelConfig
 
@@ -150,6 +150,50 @@ def test_evaluate_record_stores_the_test_accuracy_and_keeps_the_weights_as_store
     assert "leave out --tta" in capsys.readouterr().err
     assert main(["evaluate", "--model", "reference", "--record"]) == 1
     assert "shipped with the package" in capsys.readouterr().err
+
+
+def test_evaluate_on_the_validation_split_the_model_held_out(data_env, capsys):
+    """The 6,000 images rebuilt from the shipped `best` model's settings give back the
+    validation accuracy it recorded in training; the shipped ensemble's members held out
+    different images each, so validating it is refused rather than leaked."""
+    assert main(["evaluate", "--model", "best", "--split", "val", "--json"]) == 0
+    measured = json.loads(capsys.readouterr().out)
+    recorded = checkpoint.load_model(pretrained.resolve("best")).metadata
+    assert measured["split"] == "val" and measured["count"] == 6000
+    assert measured["accuracy"] == pytest.approx(recorded["val_accuracy"], abs=1e-6)
+    assert main(["evaluate", "--model", "ensemble", "--split", "val"]) == 1
+    assert "held out different validation images (split seeds 0, 1, 2, 3, 4)" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "best", "--split", "val", "--record"]) == 1
+    assert "Leave out --split val" in capsys.readouterr().err
+
+
+def test_an_ensemble_trained_on_one_split_is_validated_on_it(tiny_mnist_dir, tmp_path, capsys):
+    tiny = ["--data-dir", str(tiny_mnist_dir(n_train=200, n_test=20)), "--no-verify"]
+    run, small = tmp_path / "run", ["--epochs", "1", "--batch-size", "32", "--set", "model.channels=4,8,8"]
+    argv = ["train", *tiny, *small, "--no-progress", "--no-test", "--ensemble", "2", "--out", str(run)]
+    assert main([*argv, "--split-seed", "5"]) == 0
+    assert "validation split of seed 5" in capsys.readouterr().err
+    members = [checkpoint.load_model(run / m / "model.safetensors").metadata for m in ("member0", "member1")]
+    assert [m["train_config"]["seed"] for m in members] == [0, 1]
+    assert [m["train_config"]["split_seed"] for m in members] == [5, 5]
+    for model, expected in [
+        (run / "member1" / "model.safetensors", members[1]["val_accuracy"]),
+        (run / "ensemble.safetensors", None),
+    ]:
+        assert main(["evaluate", *tiny, "--model", str(model), "--split", "val", "--json"]) == 0
+        measured = json.loads(capsys.readouterr().out)
+        assert measured["count"] == 20
+        if expected is not None:
+            assert measured["accuracy"] == pytest.approx(expected)
+    text = main(["evaluate", *tiny, "--model", str(run / "ensemble.safetensors"), "--split", "val"])
+    assert text == 0 and "validation split: the 20 training images" in capsys.readouterr().out
+
+    # Without --split-seed each member holds out the images of its own seed.
+    apart = tmp_path / "apart"
+    assert main([*argv[:-1], str(apart)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", *tiny, "--model", str(apart / "ensemble.safetensors"), "--split", "val"]) == 1
+    assert "train --ensemble N --split-seed S" in capsys.readouterr().err
 
 
 def test_unknown_model_is_a_clear_error(capsys):

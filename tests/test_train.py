@@ -3,6 +3,7 @@ import math
 import re
 from dataclasses import fields, is_dataclass, replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,12 +11,14 @@ from mnist_digits import checkpoint
 from mnist_digits.augment import AugmentConfig
 from mnist_digits.data import Mnist, Split, split_validation, to_tensors
 from mnist_digits.errors import CheckpointError, MnistDigitsError
+from mnist_digits.evaluate import evaluate_model
 from mnist_digits.model import DigitNet, ModelConfig
 from mnist_digits.train import (
     RECIPES,
     PlateauScheduler,
     TrainConfig,
     fit,
+    held_out,
     make_scheduler,
     recipe,
     with_settings,
@@ -255,10 +258,54 @@ def test_every_recipe_holds_values_of_its_fields_types():
             value = getattr(settings, f.name)
             if is_dataclass(value):
                 yield from mismatches(value, f"{prefix}{f.name}.")
-            elif type(value).__name__ != f.type.split("[")[0]:
+            elif ("None" if value is None else type(value).__name__) not in f.type.split("[")[0].split(" | "):
                 yield f"{prefix}{f.name}: {f.type} holds {value!r}"
 
     assert [(name, m) for name, config in RECIPES.items() for m in mismatches(config)] == []
+
+
+def test_a_split_seed_chooses_the_validation_images_and_held_out_finds_them_again(small_mnist, tmp_path):
+    config = replace(SMALL, epochs=1, seed=3, split_seed=7)
+    assert config.validation_seed == 7 and replace(config, split_seed=None).validation_seed == 3
+    result = fit(config, small_mnist, tmp_path / "run", progress=False, log=lambda message: None)
+    metadata = checkpoint.load_model(tmp_path / "run" / "model.safetensors").metadata
+    images = held_out([metadata], small_mnist)
+    chosen = split_validation(small_mnist.train, 0.1, 7)[1]
+    assert np.array_equal(images.images, chosen.images) and np.array_equal(images.labels, chosen.labels)
+    assert not np.array_equal(images.labels, split_validation(small_mnist.train, 0.1, 3)[1].labels)
+    # measured again on them, the network scores what it scored in training
+    assert evaluate_model(result.model, images, "cpu").accuracy == pytest.approx(metadata["val_accuracy"])
+
+
+def test_held_out_refuses_networks_it_cannot_validate_without_leaking(small_mnist):
+    def network(config: TrainConfig = SMALL, **metadata) -> dict:
+        return {"train_config": config.to_dict(), "data_sha256": small_mnist.sha256, **metadata}
+
+    one_split = [network(replace(SMALL, seed=seed, split_seed=5)) for seed in (0, 1, 2)]
+    assert np.array_equal(
+        held_out(one_split, small_mnist).labels, split_validation(small_mnist.train, 0.1, 5)[1].labels
+    )
+    assert len(held_out([network(train_images=1200)], small_mnist).labels) == 120
+    for networks, message in [
+        (
+            [network(), network(replace(SMALL, seed=1)), network(replace(SMALL, seed=4, split_seed=1))],
+            "held out different validation images (split seeds 0, 1), so each trained on images the "
+            "others validate on. Train the members on one split",
+        ),
+        ([network(recipe("best", val_fraction=0.0))], "it held out no validation split"),
+        (
+            [network(data_sha256={"train-images-idx3-ubyte": "0" * 64})],
+            "trained on other images than these 1,200",
+        ),
+        ([network(train_images=2000)], "trained on other images"),  # a --dry-run's first 2,000
+        ([network(), {"note": "untrained"}], "network 2 of 2 does not record its training settings"),
+    ]:
+        with pytest.raises(MnistDigitsError, match=re.escape(message)):
+            held_out(networks, small_mnist)
+    with pytest.raises(MnistDigitsError, match=re.escape("split_seed -1: give a whole number, 0 or more.")):
+        replace(SMALL, split_seed=-1)
+    assert with_settings(SMALL, ["split_seed=4"]).split_seed == 4
+    assert with_settings(replace(SMALL, split_seed=4), ["split_seed=none"]).split_seed is None
 
 
 def test_recipe_overrides_and_unknown_names():

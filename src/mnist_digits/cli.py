@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[data_opts],
         help="train a model (default: the reference recipe)",
         description="Train on 54,000 training images, validate on the other 6,000 (chosen by "
-        "--seed), keep the best epoch, and report its accuracy on the official 10,000 test images "
-        "(unless --no-test).",
+        "--seed, or --split-seed), keep the best epoch, and report its accuracy on the official "
+        "10,000 test images (unless --no-test).",
     )
     p.add_argument(
         "--recipe",
@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="images per step (reference: 64)")
     p.add_argument("--lr", type=float, help="initial learning rate (reference: 1e-3)")
     p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        metavar="S",
+        help="choose the validation images by S instead of --seed; with --ensemble, every member "
+        "then holds out the same images, and `evaluate --split val` can validate the ensemble",
+    )
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16"],
@@ -204,6 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
         "diagram, the misclassified digits and the training curves.",
     )
     _model_option(p, tta=True)
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="test: the official 10,000 test images (default); val: the validation images the "
+        "model held out in training, for choosing between models, ensembles and --tta without "
+        "reading the test set (an ensemble's members must share them: `train --split-seed`)",
+    )
     p.add_argument("--out", type=Path, metavar="DIR", help="write the PNG figures here")
     p.add_argument(
         "--record",
@@ -466,6 +481,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         precision=args.precision,
         ema=args.ema,
         val_fraction=args.val_fraction,
+        split_seed=args.split_seed,
     )
     if args.elastic is not None:
         config = replace(config, augment=replace(config.augment, elastic=args.elastic))
@@ -489,6 +505,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _stderr(
             f"Training recipe '{config.recipe}' on {device} for {config.epochs} epochs "
             f"(batch {config.batch_size}, seed {config.seed}"
+            + (f", validation split of seed {config.split_seed}" if config.split_seed is not None else "")
             + (f", {cluster.world_size} processes" if cluster.distributed else "")
             + f"); run directory {out}"
         )
@@ -546,17 +563,20 @@ def cmd_join(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _evaluate_on_test_set(args: argparse.Namespace) -> tuple[LoadedModel, data.Mnist, Evaluation]:
-    """--model (with --tta if asked) on the official test set."""
+def _evaluate(args: argparse.Namespace) -> tuple[LoadedModel, data.Mnist, data.Split, Evaluation]:
+    """--model (with --tta if asked) on the official test set, or with `--split val` on the
+    validation images it held out in training; returns the images it was measured on too."""
     from .ensemble import as_ensemble
     from .evaluate import evaluate_model
     from .pretrained import load
-    from .train import pick_device
+    from .train import held_out, pick_device
 
     device = pick_device(args.device)
     loaded = load(args.model, device)
     mnist = _load_data(args)
-    return loaded, mnist, evaluate_model(as_ensemble(loaded.model, args.tta), mnist.test, device)
+    validating = getattr(args, "split", "test") == "val"  # `report` has no --split: the test set
+    images = held_out(loaded.members_metadata, mnist) if validating else mnist.test
+    return loaded, mnist, images, evaluate_model(as_ensemble(loaded.model, args.tta), images, device)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -566,7 +586,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ensure_writable_dir(args.out)  # before the work, not after it
     if args.record:
         _check_recordable(args)
-    loaded, mnist, evaluation = _evaluate_on_test_set(args)
+    loaded, mnist, images, evaluation = _evaluate(args)
     if args.record:
         from .checkpoint import update_metadata
 
@@ -582,7 +602,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         figures.append(plots.reliability_png(reliability, args.out / "reliability.png"))
         figures.append(
             plots.misclassified_png(
-                evaluation, mnist.test.images, mnist.test.labels, args.out / "misclassified.png"
+                evaluation,
+                images.images,
+                images.labels,
+                args.out / "misclassified.png",
+                which="validation" if args.split == "val" else "test",
             )
         )
         history = loaded.members_metadata[0].get("history")  # an ensemble's first member
@@ -591,7 +615,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"model": str(loaded.path), **evaluation.to_dict(), "figures": [str(f) for f in figures]},
+                {
+                    "model": str(loaded.path),
+                    "split": args.split,
+                    **evaluation.to_dict(),
+                    "figures": [str(f) for f in figures],
+                },
                 indent=2,
             )
         )
@@ -600,7 +629,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         kind = f"an ensemble of {members} networks" if members > 1 else "one network"
         print(
             f"model: {loaded.path} ({kind}{', test-time augmentation' if args.tta else ''})\n"
-            f"test set: {mnist.directory} ({evaluation.count:,} images)\n"
+            + (
+                f"validation split: the {evaluation.count:,} training images in {mnist.directory} "
+                "that the model held out\n"
+                if args.split == "val"
+                else f"test set: {mnist.directory} ({evaluation.count:,} images)\n"
+            )
         )
         print(format_report(evaluation))
         for figure in figures:
@@ -614,6 +648,11 @@ def _check_recordable(args: argparse.Namespace) -> None:
     if args.tta:
         raise MnistDigitsError(
             "--record stores the model's own test accuracy, which --tta would change; leave out --tta."
+        )
+    if args.split != "test":
+        raise MnistDigitsError(
+            "--record stores the test accuracy; the validation accuracy is in the model file already "
+            "(as val_accuracy). Leave out --split val."
         )
     if args.model in available():
         raise MnistDigitsError(
@@ -653,7 +692,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .ensemble import TTA_VIEWS
     from .report import format_accuracy, write_report
 
-    loaded, mnist, evaluation = _evaluate_on_test_set(args)
+    loaded, mnist, _, evaluation = _evaluate(args)
     members = loaded.members_metadata
     recipes = dict.fromkeys(str((m.get("train_config") or {}).get("recipe", "unknown")) for m in members)
     details = {

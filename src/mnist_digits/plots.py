@@ -73,7 +73,7 @@ def confusion_png(evaluation: Evaluation, path: Path, title: str = "") -> Path:
 
 
 def misclassified_figure(
-    evaluation: Evaluation, images: np.ndarray, labels: np.ndarray, limit: int = 100
+    evaluation: Evaluation, images: np.ndarray, labels: np.ndarray, limit: int = 100, which: str = "test"
 ) -> Figure:
     """The misclassified digits, most confident mistakes first, with true/predicted/confidence."""
     wrong = np.flatnonzero(evaluation.predictions != labels)
@@ -94,16 +94,21 @@ def misclassified_figure(
     total = int((evaluation.predictions != labels).sum())
     figure.tight_layout(rect=(0, 0, 1, 0.97))
     figure.suptitle(
-        f"Misclassified test digits ({len(wrong)} of {total} shown; #index true→predicted, confidence)",
+        f"Misclassified {which} digits ({len(wrong)} of {total} shown; #index true→predicted, confidence)",
         fontsize=10,
     )
     return figure
 
 
 def misclassified_png(
-    evaluation: Evaluation, images: np.ndarray, labels: np.ndarray, path: Path, limit: int = 100
+    evaluation: Evaluation,
+    images: np.ndarray,
+    labels: np.ndarray,
+    path: Path,
+    limit: int = 100,
+    which: str = "test",  # the set the digits come from, for the title: "test" or "validation"
 ) -> Path:
-    return _save(misclassified_figure(evaluation, images, labels, limit), path)
+    return _save(misclassified_figure(evaluation, images, labels, limit, which), path)
 
 
 def curves_figure(histories: Sequence[Sequence[dict]]) -> Figure:

@@ -91,6 +91,8 @@ class TrainConfig:
     val_fraction: float = 0.1  # share of the 60,000 training images held out for validation; 0
     # trains on all of them and keeps the last epoch (a final fit, once the recipe is settled)
     seed: int = 0  # seeds weights, dropout, shuffling, augmentation and the validation split
+    split_seed: int | None = None  # seeds the validation split instead (None: `seed` does); one
+    # split_seed for every member of an ensemble lets the ensemble itself be validated
     eval_batch_size: int = 1000  # images per forward pass when evaluating
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -114,6 +116,8 @@ class TrainConfig:
             raise MnistDigitsError(
                 f"val_fraction {self.val_fraction}: give a share in [0, 1), such as 0.1 (0: no validation)."
             )
+        if self.split_seed is not None and self.split_seed < 0:
+            raise MnistDigitsError(f"split_seed {self.split_seed}: give a whole number, 0 or more.")
         if self.val_fraction == 0.0 and self.schedule == "plateau":
             raise MnistDigitsError(
                 "val_fraction 0 leaves nothing to validate on, and the plateau schedule cuts the "
@@ -124,6 +128,11 @@ class TrainConfig:
     @property
     def validates(self) -> bool:
         return self.val_fraction > 0.0
+
+    @property
+    def validation_seed(self) -> int:
+        """The seed that chooses the validation images."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -467,7 +476,7 @@ def fit(
     if cluster.is_main:
         ensure_writable_dir(run_dir)  # fail now, not after the first epoch
 
-    train_split, val_split = split_validation(data.train, config.val_fraction, config.seed)
+    train_split, val_split = split_validation(data.train, config.val_fraction, config.validation_seed)
     train_images, train_labels = to_tensors(train_split, device)
     val_images, val_labels = to_tensors(val_split, device)
 
@@ -513,7 +522,12 @@ def fit(
     if not config.validates:
         best_epoch = len(state.history)
 
-    metadata = {"train_config": config.to_dict(), "data_sha256": data.sha256, "device": str(device)}
+    metadata = {
+        "train_config": config.to_dict(),
+        "data_sha256": data.sha256,
+        "train_images": len(data.train.labels),  # with data_sha256, what `held_out` splits again
+        "device": str(device),
+    }
     with stop_on_signals() as stop:
         for epoch in range(len(state.history) + 1, config.epochs + 1):
             if state.in_progress is None:
@@ -645,6 +659,44 @@ def fit_ensemble(
     return results
 
 
+def held_out(networks: Sequence[dict[str, Any]], data: Mnist) -> Split:
+    """The validation images that the networks (a model's, or an ensemble's members' metadata)
+    held out of `data`'s training images, as `fit` chose them; MnistDigitsError if they trained
+    on other images or held out different ones, so no image they learned from is validated on."""
+    splits = set()
+    for i, metadata in enumerate(networks):
+        which = f"network {i + 1} of {len(networks)}" if len(networks) > 1 else "this network"
+        try:
+            config = TrainConfig.from_dict(metadata["train_config"])
+        except (KeyError, TypeError) as e:
+            raise MnistDigitsError(
+                f"{which} does not record its training settings ({e}), so its validation images are unknown."
+            ) from None
+        if not config.validates:
+            raise MnistDigitsError(
+                f"{which} trained on all {len(data.train.labels):,} training images (val_fraction 0): "
+                "it held out no validation split. Evaluate it on the test set instead."
+            )
+        if metadata.get("data_sha256") != data.sha256 or metadata.get(
+            "train_images", len(data.train.labels)
+        ) != len(data.train.labels):
+            raise MnistDigitsError(
+                f"{which} trained on other images than these {len(data.train.labels):,} (its own "
+                "data, Kaggle's train.csv, samples from `feedback export`, or a --dry-run), so its "
+                "validation images are not among them."
+            )
+        splits.add((config.val_fraction, config.validation_seed))
+    if len(splits) > 1:
+        seeds = ", ".join(str(seed) for _, seed in sorted(splits, key=lambda s: s[1]))
+        raise MnistDigitsError(
+            f"the networks of this ensemble held out different validation images (split seeds "
+            f"{seeds}), so each trained on images the others validate on. Train the members on "
+            "one split to validate the ensemble: `train --ensemble N --split-seed S`."
+        )
+    (fraction, seed) = splits.pop()
+    return split_validation(data.train, fraction, seed)[1]
+
+
 def recipe(name: str, **overrides: Any) -> TrainConfig:
     """A named preset with some fields replaced (None values are ignored)."""
     if name not in RECIPES:
@@ -677,6 +729,11 @@ def _with_field(settings: Any, path: list[str], text: str, setting: str) -> Any:
         return replace(settings, **{path[0]: _with_field(current, path[1:], text, setting)})
     if len(path) > 1:
         raise MnistDigitsError(f"--set {setting!r}: {path[0]} is a single setting, with nothing inside it.")
+    kind = next(str(f.type) for f in fields(settings) if f.name == path[0])  # e.g. "int | None"
+    if kind.endswith(" | None"):  # an optional setting (split_seed): "none" for its default
+        if text.lower() == "none":
+            return replace(settings, **{path[0]: None})
+        current = {"int": 0, "float": 0.0, "str": ""}[kind.removesuffix(" | None")]  # parsed as its type
     return replace(settings, **{path[0]: _parse_like(current, text, setting)})
 
 
@@ -711,6 +768,7 @@ __all__ = [
     "evaluate",
     "fit",
     "fit_ensemble",
+    "held_out",
     "train_one_epoch",
     "with_settings",
 ]
