@@ -306,6 +306,11 @@ def test_held_out_refuses_networks_it_cannot_validate_without_leaking(small_mnis
         replace(SMALL, split_seed=-1)
     assert with_settings(SMALL, ["split_seed=4"]).split_seed == 4
     assert with_settings(replace(SMALL, split_seed=4), ["split_seed=none"]).split_seed is None
+    with pytest.raises(
+        MnistDigitsError,
+        match=re.escape("'abc' is not a value of this setting; give a whole number, or none."),
+    ):
+        with_settings(SMALL, ["split_seed=abc"])
 
 
 def test_recipe_overrides_and_unknown_names():

@@ -715,6 +715,13 @@ def with_settings(config: TrainConfig, settings: Sequence[str]) -> TrainConfig:
     return config
 
 
+# Settings that may be None (split_seed): what `--set` reads for each type, besides "none".
+_OPTIONAL: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "int | None": ("a whole number", int),
+    "float | None": ("a number", float),
+}
+
+
 def _with_field(settings: Any, path: list[str], text: str, setting: str) -> Any:
     names = [f.name for f in fields(settings) if f.name != "recipe"]  # the preset's name stays
     if path[0] not in names:
@@ -730,10 +737,14 @@ def _with_field(settings: Any, path: list[str], text: str, setting: str) -> Any:
     if len(path) > 1:
         raise MnistDigitsError(f"--set {setting!r}: {path[0]} is a single setting, with nothing inside it.")
     kind = next(str(f.type) for f in fields(settings) if f.name == path[0])  # e.g. "int | None"
-    if kind.endswith(" | None"):  # an optional setting (split_seed): "none" for its default
-        if text.lower() == "none":
-            return replace(settings, **{path[0]: None})
-        current = {"int": 0, "float": 0.0, "str": ""}[kind.removesuffix(" | None")]  # parsed as its type
+    if kind in _OPTIONAL:  # split_seed: a number, or "none" for its default
+        what, parse = _OPTIONAL[kind]
+        try:
+            return replace(settings, **{path[0]: None if text.lower() == "none" else parse(text)})
+        except ValueError:
+            raise MnistDigitsError(
+                f"--set {setting!r}: {text!r} is not a value of this setting; give {what}, or none."
+            ) from None
     return replace(settings, **{path[0]: _parse_like(current, text, setting)})
 
 
