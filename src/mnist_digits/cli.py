@@ -563,8 +563,10 @@ def cmd_join(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _evaluate(args: argparse.Namespace) -> tuple[LoadedModel, data.Mnist, data.Split, Evaluation]:
-    """--model (with --tta if asked) on the official test set, or with `--split val` on the
+def _evaluate(
+    args: argparse.Namespace, split: str = "test"
+) -> tuple[LoadedModel, data.Mnist, data.Split, Evaluation]:
+    """--model (with --tta if asked) on the official test set, or with split "val" on the
     validation images it held out in training; returns the images it was measured on too."""
     from .ensemble import as_ensemble
     from .evaluate import evaluate_model
@@ -574,8 +576,7 @@ def _evaluate(args: argparse.Namespace) -> tuple[LoadedModel, data.Mnist, data.S
     device = pick_device(args.device)
     loaded = load(args.model, device)
     mnist = _load_data(args)
-    validating = getattr(args, "split", "test") == "val"  # `report` has no --split: the test set
-    images = held_out(loaded.members_metadata, mnist) if validating else mnist.test
+    images = held_out(loaded.members_metadata, mnist) if split == "val" else mnist.test
     return loaded, mnist, images, evaluate_model(as_ensemble(loaded.model, args.tta), images, device)
 
 
@@ -586,7 +587,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ensure_writable_dir(args.out)  # before the work, not after it
     if args.record:
         _check_recordable(args)
-    loaded, mnist, images, evaluation = _evaluate(args)
+    loaded, mnist, images, evaluation = _evaluate(args, args.split)
     if args.record:
         from .checkpoint import update_metadata
 

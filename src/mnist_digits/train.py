@@ -677,9 +677,8 @@ def held_out(networks: Sequence[dict[str, Any]], data: Mnist) -> Split:
                 f"{which} trained on all {len(data.train.labels):,} training images (val_fraction 0): "
                 "it held out no validation split. Evaluate it on the test set instead."
             )
-        if metadata.get("data_sha256") != data.sha256 or metadata.get(
-            "train_images", len(data.train.labels)
-        ) != len(data.train.labels):
+        images = metadata.get("train_images", len(data.train.labels))  # not in files before 2026-11-29
+        if metadata.get("data_sha256") != data.sha256 or images != len(data.train.labels):
             raise MnistDigitsError(
                 f"{which} trained on other images than these {len(data.train.labels):,} (its own "
                 "data, Kaggle's train.csv, samples from `feedback export`, or a --dry-run), so its "
@@ -715,13 +714,6 @@ def with_settings(config: TrainConfig, settings: Sequence[str]) -> TrainConfig:
     return config
 
 
-# Settings that may be None (split_seed): what `--set` reads for each type, besides "none".
-_OPTIONAL: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "int | None": ("a whole number", int),
-    "float | None": ("a number", float),
-}
-
-
 def _with_field(settings: Any, path: list[str], text: str, setting: str) -> Any:
     names = [f.name for f in fields(settings) if f.name != "recipe"]  # the preset's name stays
     if path[0] not in names:
@@ -736,14 +728,12 @@ def _with_field(settings: Any, path: list[str], text: str, setting: str) -> Any:
         return replace(settings, **{path[0]: _with_field(current, path[1:], text, setting)})
     if len(path) > 1:
         raise MnistDigitsError(f"--set {setting!r}: {path[0]} is a single setting, with nothing inside it.")
-    kind = next(str(f.type) for f in fields(settings) if f.name == path[0])  # e.g. "int | None"
-    if kind in _OPTIONAL:  # split_seed: a number, or "none" for its default
-        what, parse = _OPTIONAL[kind]
-        try:
-            return replace(settings, **{path[0]: None if text.lower() == "none" else parse(text)})
+    if next(str(f.type) for f in fields(settings) if f.name == path[0]) == "int | None":
+        try:  # split_seed: a whole number, or "none" for its default
+            return replace(settings, **{path[0]: None if text.lower() == "none" else int(text)})
         except ValueError:
             raise MnistDigitsError(
-                f"--set {setting!r}: {text!r} is not a value of this setting; give {what}, or none."
+                f"--set {setting!r}: {text!r} is not a value of this setting; give a whole number, or none."
             ) from None
     return replace(settings, **{path[0]: _parse_like(current, text, setting)})
 
