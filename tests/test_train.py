@@ -21,6 +21,7 @@ from mnist_digits.train import (
     held_out,
     make_scheduler,
     recipe,
+    sharpness_aware_gradients,
     with_settings,
 )
 
@@ -462,3 +463,41 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights(small_mnist, tmp_path):
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
     with pytest.raises(MnistDigitsError, match="unknown precision"):
         TrainConfig(precision="fp8")
+
+
+def test_sharpness_aware_gradients_are_taken_uphill_and_leave_the_network_as_it_was():
+    config = recipe("best", sam=0.05)
+    torch.manual_seed(0)
+    model = DigitNet(config.model).train()
+    images, labels = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+
+    def loss_of(network):
+        return torch.nn.functional.cross_entropy(network(images), labels, label_smoothing=0.1)
+
+    # the expected gradients, by hand: a copy moved 0.05 along the normalized gradient
+    loss_of(model).backward()
+    uphill = DigitNet(config.model).train()
+    uphill.load_state_dict(model.state_dict())
+    norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
+    with torch.no_grad():
+        for moved, p in zip(uphill.parameters(), model.parameters(), strict=True):
+            moved.add_(p.grad * 0.05 / norm)
+    loss_of(uphill).backward()
+
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    sharpness_aware_gradients(model, images, labels, config)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[name]), f"{name} changed"  # weights and BatchNorm statistics
+    for p, expected in zip(model.parameters(), uphill.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, expected.grad)
+    assert not torch.allclose(model[0].weight.grad, weights["0.weight"] * 0)  # a real gradient
+
+
+def test_sharpness_aware_training_learns_and_is_logged(small_mnist, tmp_path):
+    messages: list[str] = []
+    result = fit(replace(SMALL, sam=0.05), small_mnist, tmp_path, progress=False, log=messages.append)
+    assert result.best_val_accuracy > 0.5
+    assert any("Sharpness-aware" in m for m in messages)
+    assert checkpoint.load_model(tmp_path / "model.safetensors").metadata["train_config"]["sam"] == 0.05
+    with pytest.raises(MnistDigitsError, match=r"sam -0\.1"):
+        TrainConfig(sam=-0.1)

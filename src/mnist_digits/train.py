@@ -59,6 +59,7 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "plateau_factor": _SHARE,
     "plateau_min_delta": _NON_NEGATIVE,
     "min_lr": _NON_NEGATIVE,
+    "sam": _NON_NEGATIVE,
     "eval_batch_size": _POSITIVE_INT,
 }
 
@@ -88,6 +89,8 @@ class TrainConfig:
     min_lr: float = 1e-5  # lr never goes below this
     ema: float = 0.0  # weight averaging: decay of a moving average of the weights (and BatchNorm
     # statistics) updated every step; the average is validated and saved instead (0: off)
+    sam: float = 0.0  # sharpness-aware minimization: each step takes its gradient at weights moved
+    # this far (L2 norm over all weights) uphill, which favours flat minima; twice the work a step (0: off)
     val_fraction: float = 0.1  # share of the 60,000 training images held out for validation; 0
     # trains on all of them and keeps the last epoch (a final fit, once the recipe is settled)
     seed: int = 0  # seeds weights, dropout, shuffling, augmentation and the validation split
@@ -280,6 +283,8 @@ def train_one_epoch(
         loss = F.cross_entropy(logits, labels[index], label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.sam:
+            sharpness_aware_gradients(model, batch, labels[index], config)
         optimizer.step()
         if scheduler is not None:
             scheduler.after_batch()
@@ -302,6 +307,32 @@ def train_one_epoch(
     progress.correct += int(correct.item())
     progress.seconds += time.perf_counter() - start
     return finished
+
+
+def sharpness_aware_gradients(
+    model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tensor, config: TrainConfig
+) -> None:
+    """Replace the gradients in `model` (those of the loss at its weights w) by the gradients
+    at w + rho * g / |g|, the steepest nearby point (Foret et al., 2021, "Sharpness-Aware
+    Minimization"); the weights are put back, and BatchNorm's running statistics are left as
+    the first pass set them."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in params]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    weights = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            p.add_(g, alpha=config.sam / (norm.item() + 1e-12))
+    statistics = [b.clone() for b in model.buffers()]  # BatchNorm's, which this pass moves
+    with torch.autocast(batch.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+        logits = model(batch).float()
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing).backward()
+    with torch.no_grad():
+        for p, w in zip(params, weights, strict=True):
+            p.copy_(w)
+        for b, kept in zip(model.buffers(), statistics, strict=True):
+            b.copy_(kept)
 
 
 @torch.no_grad()
@@ -509,6 +540,8 @@ def fit(
             log(f"Resuming {run_dir} at {where} of {config.epochs}.")
     else:
         log(f"Schedule: {scheduler.describe()}.")
+        if config.sam:
+            log(f"Sharpness-aware steps: gradients taken {config.sam} uphill of the weights (two passes).")
         if average is not None:
             log(
                 f"Weight averaging: a moving average of the weights (decay {config.ema}, about the "
