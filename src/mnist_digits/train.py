@@ -318,8 +318,11 @@ def sharpness_aware_gradients(
     at w + rho * g / |g|, the steepest nearby point (Foret et al., 2021, "Sharpness-Aware
     Minimization"); the weights are put back, and BatchNorm's running statistics are left as
     the first pass set them."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    grads = [p.grad for p in params]
+    params, grads = [], []
+    for p in model.parameters():
+        if p.grad is not None:
+            params.append(p)
+            grads.append(p.grad)
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     weights = [p.detach().clone() for p in params]
     with torch.no_grad():
