@@ -490,7 +490,7 @@ def test_sharpness_aware_gradients_are_taken_uphill_and_leave_the_network_as_it_
         assert torch.equal(value, weights[name]), f"{name} changed"  # weights and BatchNorm statistics
     for p, expected in zip(model.parameters(), uphill.parameters(), strict=True):
         torch.testing.assert_close(p.grad, expected.grad)
-    assert not torch.allclose(model[0].weight.grad, weights["0.weight"] * 0)  # a real gradient
+    assert model[0].weight.grad.abs().sum() > 0  # a real gradient, not zeros
 
 
 def test_sharpness_aware_training_learns_and_is_logged(small_mnist, tmp_path):

@@ -280,9 +280,7 @@ def train_one_epoch(
         batch = random_warp(images[index], config.augment, generator)
         share = slice(cluster.rank, None, cluster.world_size)
         batch, index = batch[share].contiguous(memory_format=torch.channels_last), index[share]
-        with torch.autocast(images.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
-            logits = model(batch).float()
-        loss = F.cross_entropy(logits, labels[index], label_smoothing=config.label_smoothing)
+        logits, loss = training_loss(model, batch, labels[index], config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.sam:
@@ -311,6 +309,15 @@ def train_one_epoch(
     return finished
 
 
+def training_loss(
+    model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tensor, config: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (in float32) and the label-smoothed loss of one batch, at the config's precision."""
+    with torch.autocast(batch.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
+        logits = model(batch).float()
+    return logits, F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+
+
 def sharpness_aware_gradients(
     model: torch.nn.Module, batch: torch.Tensor, labels: torch.Tensor, config: TrainConfig
 ) -> None:
@@ -324,15 +331,15 @@ def sharpness_aware_gradients(
             params.append(p)
             grads.append(p.grad)
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    scale = config.sam / (norm + 1e-12)  # a tensor: no wait for a GPU to hand the norm back
     weights = [p.detach().clone() for p in params]
     with torch.no_grad():
         for p, g in zip(params, grads, strict=True):
-            p.add_(g, alpha=config.sam / (norm.item() + 1e-12))
+            p.add_(g * scale)
     statistics = [b.clone() for b in model.buffers()]  # BatchNorm's, which this pass moves
-    with torch.autocast(batch.device.type, torch.bfloat16, enabled=config.precision == "bf16"):
-        logits = model(batch).float()
+    _, loss = training_loss(model, batch, labels, config)
     model.zero_grad(set_to_none=True)
-    F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing).backward()
+    loss.backward()
     with torch.no_grad():
         for p, w in zip(params, weights, strict=True):
             p.copy_(w)
