@@ -67,7 +67,7 @@ def test_every_shipped_network_is_its_recipe_with_its_seed():
     networks += pretrained.load("ensemble").members_metadata
     for metadata in networks:
         config = TrainConfig.from_dict(metadata["train_config"])
-        assert asdict(config) == asdict(recipe(config.recipe, seed=config.seed, sam=config.sam)), config
+        assert asdict(config) == asdict(recipe(config.recipe, seed=config.seed)), config
     # `best` as it stands (sharpness-aware steps), alone and in the ensemble
     best_networks = [m for m in networks if m["train_config"]["recipe"] == "best"]
     assert len(best_networks) == 6
