@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -68,6 +69,20 @@ def test_ensemble_file_round_trips_with_each_members_metadata(tmp_path, test_dig
     assert recognizer.parameter_count == 3 * sum(p.numel() for p in nets[0].parameters())
     [prediction] = recognizer.predict(test_digits.images[0])
     assert prediction.digit is not None
+
+
+def test_networks_with_different_kernels_join_one_int8_file(tmp_path, test_digits):
+    torch.manual_seed(4)
+    nets = [_net(1), DigitNet(replace(TINY, kernel=5)).eval(), DigitNet(replace(TINY, kernel=7)).eval()]
+    path = tmp_path / "mixed.safetensors"
+    checkpoint.save_ensemble(path, nets, [{}, {}, {}], {}, weights_dtype="int8")
+    loaded = checkpoint.load_model(path).model
+    assert [m.config.kernel for m in members(loaded)] == [3, 5, 7]
+    x = torch.tensor(test_digits.images[:8]).float().unsqueeze(1) / 255
+    for net in nets:
+        checkpoint.round_to_stored(net, "int8")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), Ensemble(nets)(x), atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,18 @@ def test_int8_model_keeps_the_accuracy(exported, mnist):
     assert int8.path.stat().st_size < fp32.path.stat().st_size / 3
 
 
+def test_a_network_with_5x5_kernels_exports_too(tmp_path, mnist):
+    import torch
+
+    from mnist_digits.model import DigitNet, ModelConfig
+
+    torch.manual_seed(0)
+    model = DigitNet(ModelConfig(channels=(8, 16, 32), conv_batchnorm=True, kernel=5)).eval()
+    onnx_model = OnnxModel.load(export_onnx(model, tmp_path / "k5.onnx"))
+    images = data.to_tensors(data.Split(mnist.test.images[:16], mnist.test.labels[:16]))[0].numpy()
+    assert check_export(onnx_model, model, images, tolerance=1e-4) < 1e-4
+
+
 def test_a_broken_onnx_file_is_a_clear_error(tmp_path):
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"not a model")

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from mnist_digits.errors import MnistDigitsError
 from mnist_digits.model import DigitNet, ModelConfig, feature_size, format_summary, forward_flops, summarize
 
 
@@ -76,6 +77,41 @@ def test_config_roundtrip_and_other_sizes():
     model = DigitNet(config)
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert summarize(model).total_params < 730_602
+
+
+@pytest.mark.parametrize("kernel, side", [(5, 5), (7, 4)])
+def test_larger_kernels_shrink_the_valid_block_and_keep_the_layout(kernel, side):
+    config = ModelConfig(kernel=kernel)
+    summary = summarize(DigitNet(config))
+    shapes = {layer.name: layer.output_shape for layer in summary.layers}
+    valid = 28 - (kernel - 1)
+    assert shapes["conv2d"] == (32, valid, valid)
+    assert shapes["conv2d_2"] == (64, (valid - kernel + 1) // 2, (valid - kernel + 1) // 2)  # 'same'
+    assert shapes["flatten"] == (128 * side * side,) == (feature_size(config),)
+    by_hand = [
+        32 * (kernel * kernel + 1),
+        32 * (32 * kernel * kernel + 1),
+        64 * (32 * kernel * kernel + 1),
+        64 * (64 * kernel * kernel + 1),
+        128 * (64 * kernel * kernel + 1),
+        128 * (128 * side * side + 1),
+        512,
+        1290,
+    ]
+    assert [layer.params for layer in summary.layers if layer.params] == by_hand
+    assert DigitNet(config)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("kernel", [0, 4, 15])
+def test_a_kernel_that_is_even_or_leaves_no_features_is_refused(kernel):
+    with pytest.raises(MnistDigitsError, match=f"kernel {kernel}: give an odd size"):
+        ModelConfig(kernel=kernel)
+
+
+def test_a_model_config_stored_before_kernels_could_change_reads_as_3x3():
+    stored = ModelConfig(channels=(4, 8, 16)).to_dict()
+    del stored["kernel"]
+    assert ModelConfig.from_dict(stored).kernel == 3
 
 
 def test_forward_flops_counts_convolutions_and_dense_layers():

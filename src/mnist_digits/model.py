@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .errors import MnistDigitsError
+
 IMAGE_SIZE = 28  # MNIST images are 28x28 pixels
 NUM_CLASSES = 10  # digits 0-9
 
@@ -24,6 +26,14 @@ class ModelConfig:
     bn_eps: float = 1e-3  # Keras' BatchNormalization epsilon
     conv_batchnorm: bool = False  # BatchNorm after every convolution (not in the reference):
     # faster, steadier training at high learning rates, used by every recipe but the reference
+    kernel: int = 3  # side of every convolution's kernel, odd; 5 or 7 see more of the digit at
+    # each layer (and shrink the 'valid' block more), a different network to average with 3
+
+    def __post_init__(self) -> None:
+        if self.kernel < 1 or self.kernel % 2 == 0 or feature_side(self.kernel) < 1:
+            raise MnistDigitsError(
+                f"kernel {self.kernel}: give an odd size from 1 to 13, such as 3 (the reference), 5 or 7."
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,26 +45,35 @@ class ModelConfig:
         return cls(**values)
 
 
+def feature_side(kernel: int) -> int:
+    """Side of the last feature map: 6 for 3x3 kernels, 5 for 5x5, 4 for 7x7."""
+    side = IMAGE_SIZE - 2 * (kernel - 1)  # two 'valid' convolutions: 28 -> 26 -> 24 for 3x3
+    side //= 2  # max-pool: 24 -> 12
+    return side // 2  # max-pool: 12 -> 6 ('same' convolutions keep the size)
+
+
 def feature_size(config: ModelConfig) -> int:
     """Length of the flattened feature vector: 128 channels x 6 x 6 = 4608 by default."""
-    side = IMAGE_SIZE - 2 - 2  # two 3x3 'valid' convolutions: 28 -> 26 -> 24
-    side //= 2  # max-pool: 24 -> 12
-    side //= 2  # max-pool: 12 -> 6 ('same' convolutions keep the size)
-    return config.channels[2] * side * side
+    return config.channels[2] * feature_side(config.kernel) ** 2
 
 
 class DigitNet(nn.Sequential):
-    """Conv-conv-pool x2, conv, dense-BN, softmax classifier; outputs logits, shape (N, 10)."""
+    """Conv-conv-pool x2, conv, dense-BN, softmax classifier; outputs logits, shape (N, 10).
+
+    The shapes below are the reference's (3x3 kernels); with k x k kernels each 'valid'
+    convolution takes k - 1 pixels off the side and 'same' ones pad k // 2.
+    """
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         config = config or ModelConfig()
         c1, c2, c3 = config.channels
+        k, same = config.kernel, config.kernel // 2
 
         def conv(c_in: int, c_out: int, padding: int) -> list[nn.Module]:
             if not config.conv_batchnorm:
-                return [nn.Conv2d(c_in, c_out, 3, padding=padding), nn.ReLU()]
+                return [nn.Conv2d(c_in, c_out, k, padding=padding), nn.ReLU()]
             norm = nn.BatchNorm2d(c_out, eps=config.bn_eps, momentum=config.bn_momentum)
-            return [nn.Conv2d(c_in, c_out, 3, padding=padding, bias=False), norm, nn.ReLU()]
+            return [nn.Conv2d(c_in, c_out, k, padding=padding, bias=False), norm, nn.ReLU()]
 
         # fmt: off
         super().__init__(
@@ -63,11 +82,11 @@ class DigitNet(nn.Sequential):
             *conv(c1, c1, 0),                                  # (N, 32, 24, 24)  valid
             nn.MaxPool2d(2),                                   # (N, 32, 12, 12)
             nn.Dropout(config.dropout_first),
-            *conv(c1, c2, 1),                                  # (N, 64, 12, 12)  same
-            *conv(c2, c2, 1),                                  # (N, 64, 12, 12)  same
+            *conv(c1, c2, same),                               # (N, 64, 12, 12)  same
+            *conv(c2, c2, same),                               # (N, 64, 12, 12)  same
             nn.MaxPool2d(2),                                   # (N, 64, 6, 6)
             nn.Dropout(config.dropout),
-            *conv(c2, c3, 1),                                  # (N, 128, 6, 6)   same
+            *conv(c2, c3, same),                               # (N, 128, 6, 6)   same
             nn.Dropout(config.dropout),
             nn.Flatten(),                                      # (N, 4608)
             nn.Linear(feature_size(config), config.hidden),    # (N, 128)
