@@ -27,7 +27,8 @@ class ModelConfig:
     conv_batchnorm: bool = False  # BatchNorm after every convolution (not in the reference):
     # faster, steadier training at high learning rates, used by every recipe but the reference
     kernel: int = 3  # side of every convolution's kernel, odd; 5 or 7 see more of the digit at
-    # each layer (and shrink the 'valid' block more), a different network to average with 3
+    # each layer and shrink the 'valid' block more (no recipe uses them: README, "Ensembles on
+    # one validation split")
 
     def __post_init__(self) -> None:
         if self.kernel < 1 or self.kernel % 2 == 0 or feature_side(self.kernel) < 1:
