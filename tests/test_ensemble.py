@@ -72,7 +72,6 @@ def test_ensemble_file_round_trips_with_each_members_metadata(tmp_path, test_dig
 
 
 def test_networks_with_different_kernels_join_one_int8_file(tmp_path, test_digits):
-    torch.manual_seed(4)
     nets = [_net(1), DigitNet(replace(TINY, kernel=5)).eval(), DigitNet(replace(TINY, kernel=7)).eval()]
     path = tmp_path / "mixed.safetensors"
     checkpoint.save_ensemble(path, nets, [{}, {}, {}], {}, weights_dtype="int8")
