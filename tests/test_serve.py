@@ -329,6 +329,16 @@ def test_allowed_origins_are_named_one_by_one(tiny_model_file, tmp_path, capsys)
         assert status == 200 and headers["Access-Control-Allow-Origin"] == origin
         status, headers, _ = call(f"{running.url}/api/health", headers={"Origin": "https://other.example"})
         assert "Access-Control-Allow-Origin" not in headers
+        # An allowed origin may post; another is refused before its request is processed.
+        upload, content_type = multipart([("7.png", "image/png", png_bytes(drawn_digit(SEVEN)))])
+        status, headers, _ = call(
+            f"{running.url}/api/predict", upload, content_type, headers={"Origin": origin}
+        )
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == origin
+        answer = call(
+            f"{running.url}/api/predict", upload, content_type, headers={"Origin": "https://other.example"}
+        )
+        assert_error(answer, 403, "origin_not_allowed")
     finally:
         running.stop()
 
@@ -402,10 +412,12 @@ def test_a_feedback_database_that_cannot_be_written_is_a_clear_error(tiny_model_
         (folder / "fb.sqlite3").unlink()
         folder.rmdir()
         folder.write_text("the folder is gone, a file took its place")
-        pixels = [0] * 784
-        assert_error(
+        pixels = [255 if 300 <= i < 500 and i % 28 in (13, 14) else 0 for i in range(784)]  # a stroke
+        message = assert_error(
             post_json(f"{running.url}/api/feedback", {"pixels": pixels, "label": 3}), 500, "server_error"
         )
+        assert "not stored" in message and str(tmp_path) not in message  # the path is for the log only
+        assert str(folder) in "".join(running.log)
     finally:
         running.stop()
 

@@ -7,14 +7,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PIXELS = 28 * 28  # an MNIST image, row-major
-PixelValue = Annotated[float, Field(ge=0, le=255)]
+# Requests take numbers only: strict types refuse "12", true and null where a number belongs, and
+# allow_inf_nan refuses NaN and Infinity (which pydantic would otherwise parse).
+PixelValue = Annotated[float, Field(ge=0, le=255, strict=True, allow_inf_nan=False)]
 Digit = Annotated[int, Field(ge=0, le=9)]
+StrictDigit = Annotated[int, Field(ge=0, le=9, strict=True)]  # 7, never "7", 7.0 or true
 
 
 class ImageInput(BaseModel):
     """One image: an image file in base64, or 784 pixels already in MNIST's format."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     image_base64: str | None = Field(
         default=None,
@@ -39,7 +42,7 @@ class ImageInput(BaseModel):
 class PredictRequest(BaseModel):
     """A batch of images to recognize (a single image is a batch of one)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: list[ImageInput] = Field(min_length=1, description="The images, answered in the same order.")
 
@@ -65,15 +68,34 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction] = Field(description="One per input, in the order given.")
 
 
+class NumberDigit(Prediction):
+    box: list[int] = Field(
+        min_length=4, max_length=4, description="Where the digit is: left, top, right, bottom, image pixels."
+    )
+
+
+class NumberReading(BaseModel):
+    number: str = Field(description='The digits left to right, e.g. "2026"; "" when none was found.')
+    confidence: float = Field(ge=0, le=1, description="The probability that every digit is right.")
+    uncertain: bool = Field(description="Some digit's confidence is below the model's threshold.")
+    digits: list[NumberDigit] = Field(description="One per digit, left to right.")
+    error: str | None = Field(default=None, description='Why there is no number, e.g. "no digit found".')
+
+
+class NumberResponse(BaseModel):
+    model: str = Field(description="The name of the model that answered.")
+    numbers: list[NumberReading] = Field(description="One per input image, in the order given.")
+
+
 class FeedbackRequest(BaseModel):
     """A person's correction: the image the model saw and the digit it really is."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    pixels: list[Annotated[int, Field(ge=0, le=255)]] = Field(
-        min_length=PIXELS, max_length=PIXELS, description="The `image` of a prediction: 784 values 0-255."
+    pixels: list[Annotated[int, Field(ge=0, le=255, strict=True)]] = Field(
+        min_length=PIXELS, max_length=PIXELS, description="The `image` of a prediction: 784 integers 0-255."
     )
-    label: Digit = Field(description="The digit it really is.")
+    label: StrictDigit = Field(description="The digit it really is, an integer 0-9.")
 
 
 class FeedbackResponse(BaseModel):
