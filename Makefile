@@ -8,10 +8,14 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# torch is pinned in constraints.txt, so pip takes the CPU build and no CUDA packages.
+# torch is pinned in constraints.txt. From the package index that pin is the CUDA build on Linux
+# (several GB); on a machine without a GPU, `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+# takes PyTorch's CPU-only build from PyTorch's own index first.
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(if $(TORCH_INDEX),$(BIN)/pip install --quiet -c constraints.txt --index-url $(TORCH_INDEX) torch)
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 

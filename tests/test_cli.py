@@ -202,11 +202,6 @@ def test_unknown_model_is_a_clear_error(capsys):
     assert "neither a model file nor a shipped model" in err
 
 
-def test_models_lists_the_shipped_reference(capsys):
-    assert main(["models"]) == 0
-    assert "reference" in capsys.readouterr().out
-
-
 def test_help_explains_every_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])
@@ -228,5 +223,21 @@ def test_report_writes_one_self_contained_html_file(data_env, tiny_model, tmp_pa
 
 def test_models_lists_the_shipped_models_with_their_accuracy(capsys):
     assert main(["models"]) == 0
-    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("reference"))
-    assert "test accuracy 99.55%" in line and "one network" in line
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["model", "networks", "parameters", "file"]
+    reference = next(line for line in lines if line.startswith("reference")).split()
+    assert reference[1:4] == ["1", "730,602", "2.9"] and "99.55%" in reference
+    assert reference[-2:] == ["train,", "summary"]  # the notebook's model is where training starts
+    best = next(line for line in lines if line.startswith("best"))
+    assert "99.74%" in best and "predict, serve, evaluate" in best and " ms " in best
+
+
+def test_models_json_gives_sizes_accuracies_and_latency(capsys):
+    assert main(["models", "--json"]) == 0
+    models = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
+    assert set(models) == set(pretrained.available())
+    for name, m in models.items():
+        assert m["file_bytes"] == pretrained.available()[name].stat().st_size
+        assert 0 < m["latency_ms"] < 1000 and 0.99 < m["test_accuracy"] <= 1
+    assert models["ensemble"]["networks"] == 10 and models["best"]["networks"] == 1
+    assert models["ensemble"]["parameters"] > 5 * models["best"]["parameters"]

@@ -68,7 +68,7 @@ def test_export_command_writes_checked_fp32_and_int8_models(tmp_path, monkeypatc
     from mnist_digits.cli import main
 
     monkeypatch.setenv("MNIST_DIGITS_DATA", str(mnist_dir))
-    assert main(["export", "--int8", "-o", str(tmp_path / "reference.onnx")]) == 0
+    assert main(["export", "--model", "reference", "--int8", "-o", str(tmp_path / "reference.onnx")]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "reference.onnx").is_file() and (tmp_path / "reference-int8.onnx").is_file()
     accuracies = [float(line.split()[-1].rstrip("%")) for line in out.splitlines() if "test accuracy" in line]

@@ -11,7 +11,7 @@ from mnist_digits import load_model, render
 from mnist_digits.predict import NO_DIGIT, NumberReading, Prediction, Recognizer
 
 # The shipped model scores about 99.6% on MNIST's test set; on the first 300 test digits it
-# gets all but 1 or 2. Measured on 10,000 digits (benchmarks/real_world.py, README) every kind is
+# gets all but 1 or 2. Measured on 10,000 digits (benchmarks/real_world.py, docs/predicting.md) every kind is
 # within a point of that; on 300 digits one or two more mistakes are chance, not a regression.
 MIN_ACCURACY = 0.98
 

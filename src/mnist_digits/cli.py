@@ -3,24 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, data, distributed
-from .errors import MnistDigitsError
-from .files import ensure_writable_dir
-from .resume import TrainingInterrupted
+from . import __version__, data
+from .errors import MnistDigitsError, TrainingInterrupted
+from .files import directory_lock, ensure_writable_dir
+from .pretrained import DEFAULT_MODEL
 
 if TYPE_CHECKING:
+    import torch
+
     from .checkpoint import LoadedModel
+    from .distributed import Cluster
     from .evaluate import Evaluation
     from .predict import Recognizer
+    from .train import TrainConfig
 
-EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# Written out here so that `--help` needs no torch; tests check them against train.RECIPES and
+# predict.DEFAULT_THRESHOLD.
+RECIPE_NAMES = ("reference", "fast", "lean", "best", "full")
+DEFAULT_THRESHOLD = 0.80
 
 
 def _data_options() -> argparse.ArgumentParser:
@@ -43,17 +54,19 @@ def _data_options() -> argparse.ArgumentParser:
 
 def _device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1"
+        "--device",
+        default="auto",
+        help="auto (the default: a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:1, mps",
     )
 
 
 def _model_option(parser: argparse.ArgumentParser, tta: bool = False) -> None:
     parser.add_argument(
         "--model",
-        default="reference",
+        default=DEFAULT_MODEL,
         metavar="NAME_OR_PATH",
         help="a shipped model's name (see `mnist-digits models`), or a .safetensors model or ensemble "
-        "file; default: reference",
+        f"file; default: {DEFAULT_MODEL}, the most accurate single network",
     )
     if not tta:
         return
@@ -66,9 +79,6 @@ def _model_option(parser: argparse.ArgumentParser, tta: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .predict import DEFAULT_THRESHOLD
-    from .train import RECIPES
-
     parser = argparse.ArgumentParser(
         prog="mnist-digits",
         description="Train, evaluate and use a CNN that recognizes handwritten digits (MNIST).",
@@ -107,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--recipe",
-        choices=sorted(RECIPES),
+        choices=sorted(RECIPE_NAMES),
         default="reference",
         help="preset of hyperparameters (default: reference, the Keras notebook's)",
     )
@@ -182,11 +192,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier run's files in --out (its model, history and checkpoint), which are "
+        "otherwise kept and the command refused; with --resume, only where there is no checkpoint",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="smoke test: train on the first 2,000 training images only, 1 epoch unless --epochs",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (off anyway when stderr is not a terminal)",
+    )
     p.add_argument(
         "--extra-idx",
         type=Path,
@@ -248,7 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _device_option(p)
 
-    commands.add_parser("models", help="list the models shipped with the package")
+    p = commands.add_parser(
+        "models",
+        help="list the shipped models: size, accuracy, latency, and which command uses which",
+        description="Each shipped model's networks, parameters, file size, accuracy on MNIST's test set "
+        "and on digits by other writers (as recorded in the file), and its single-image latency on this "
+        "CPU, measured now.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-latency", action="store_true", help="skip timing the models (faster)")
 
     p = commands.add_parser(
         "join",
@@ -367,6 +395,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="another web origin allowed to call the API from a browser, e.g. https://example.org "
         "(repeatable; none by default)",
     )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=64,
+        metavar="N",
+        help="open connections at once; a request on one more is answered 503 (default: 64)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a client has to send a request's line and headers (default: 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="time a client has to send a request's body, at most 4 MiB (default: 30)",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="an idle connection is closed after this (default: 5)",
+    )
 
     p = commands.add_parser(
         "feedback",
@@ -391,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _share_the_cpu_politely()
     handler = {
         "data": cmd_data,
         "summary": cmd_summary,
@@ -417,8 +474,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _share_the_cpu_politely() -> None:
+    """OpenMP threads that sleep while they wait rather than spin, unless the user chose: on a machine
+    where another job holds a core, spinning threads fight it and training slows by tens of times
+    (benchmarks/shared_cpu.py). Read by OpenMP when torch loads, so this comes before any torch import."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def _load_data(args: argparse.Namespace) -> data.Mnist:
-    directory = data.locate(args.data_dir, verify=not args.no_verify, log=_stderr)
+    directory = data.locate(args.data_dir, verify=not args.no_verify, progress=_bars(), log=_stderr)
     return data.load(directory, verify=not args.no_verify)
 
 
@@ -437,8 +501,15 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _bars() -> bool:
+    """Progress bars only for a person watching: not when stderr goes to a file, a pipe or CI's log."""
+    return sys.stderr.isatty()
+
+
 def cmd_data(args: argparse.Namespace) -> int:
-    directory = data.locate(args.data_dir, fetch=args.fetch, verify=not args.no_verify, log=_stderr)
+    directory = data.locate(
+        args.data_dir, fetch=args.fetch, verify=not args.no_verify, progress=_bars(), log=_stderr
+    )
     reports = data.inspect_dir(directory, verify=not args.no_verify)
     if args.json:
         rows = [{**asdict(r), "path": str(r.path) if r.path else None} for r in reports]
@@ -469,8 +540,10 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .evaluate import record_ensemble, record_training
-    from .train import fit, fit_ensemble, pick_device, recipe, with_settings
+    from . import distributed
+    from .device import pick_device
+    from .resume import RunDirectoryError
+    from .train import recipe, with_settings
 
     config = recipe(
         args.recipe,
@@ -491,6 +564,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     out: Path = args.out or Path("runs") / args.recipe  # default: runs/best for --recipe best
     # Under torchrun: one process per GPU (or CPU share); the main one fetches data first.
     cluster, device = distributed.join(pick_device(args.device))
+    # One run at a time in `out`: locked from before the data is read until its files are recorded.
+    with directory_lock(out) if cluster.is_main else contextlib.nullcontext():
+        try:
+            return _train_in(out, args, config, cluster, device)
+        except RunDirectoryError as e:
+            flags = dict(resume="--resume", overwrite="--overwrite", elsewhere="another --out directory")
+            raise MnistDigitsError(e.explain(**flags)) from None
+
+
+def _train_in(
+    out: Path, args: argparse.Namespace, config: TrainConfig, cluster: Cluster, device: torch.device
+) -> int:
+    """`train`'s work in its run directory, which the main process has locked."""
+    from . import distributed
+    from .evaluate import record_ensemble, record_training
+    from .train import fit, fit_ensemble
+
     if not cluster.is_main:
         distributed.barrier(cluster)
     mnist = _read_train_csv(args.train_csv) if args.train_csv else _load_data(args)
@@ -509,7 +599,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             + (f", {cluster.world_size} processes" if cluster.distributed else "")
             + f"); run directory {out}"
         )
-    options = dict(device=device, resume=args.resume, progress=not args.no_progress, cluster=cluster)
+    options = dict(
+        device=device,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=_bars() and not args.no_progress,
+        cluster=cluster,
+    )
     if args.ensemble > 1:
         results = fit_ensemble(config, mnist, out, args.ensemble, **options)
     else:
@@ -543,9 +639,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_join(args: argparse.Namespace) -> int:
+    from .device import pick_device
     from .evaluate import record_ensemble
     from .pretrained import resolve
-    from .train import pick_device
 
     if args.output.suffix != ".safetensors":
         raise MnistDigitsError(f"--output {args.output}: an ensemble file must end in .safetensors.")
@@ -568,10 +664,11 @@ def _evaluate(
 ) -> tuple[LoadedModel, data.Mnist, data.Split, Evaluation]:
     """--model (with --tta if asked) on the official test set, or with split "val" on the
     validation images it held out in training; returns the images it was measured on too."""
+    from .device import pick_device
     from .ensemble import as_ensemble
     from .evaluate import evaluate_model
     from .pretrained import load
-    from .train import held_out, pick_device
+    from .train import held_out
 
     device = pick_device(args.device)
     loaded = load(args.model, device)
@@ -663,30 +760,52 @@ def _check_recordable(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .export import OnnxModel, check_export, export_onnx, quantize_int8
+    from .export import export_checked, synthetic_digits
     from .pretrained import load
 
     loaded = load(args.model)
     output = args.output or Path(f"{loaded.path.stem}.onnx")
-    mnist = _load_data(args)
-    test_images, test_labels = (t.numpy() for t in data.to_tensors(mnist.test))
-    paths = [export_onnx(loaded.model, output)]
-    difference = check_export(OnnxModel.load(paths[0]), loaded.model, test_images[:256], tolerance=1e-4)
-    print(f"wrote {paths[0]} (largest difference from PyTorch on 256 test images: {difference:.1e})")
-    if args.int8:
-        calibration = data.to_tensors(data.Split(mnist.train.images[:512], mnist.train.labels[:512]))[0]
-        paths.append(
-            quantize_int8(paths[0], output.with_name(f"{output.stem}-int8.onnx"), calibration.numpy())
+    mnist = _local_data(args)
+    if mnist is None:
+        _stderr(
+            "MNIST is not on this machine: checking the export on generated digit-like images, "
+            "calibrating int8 on them, and not measuring accuracy (`mnist-digits data --fetch` gets MNIST)."
         )
-        print(f"wrote {paths[1]} (int8, calibrated on 512 training images)")
-    for path in paths:
-        model = OnnxModel.load(path)
-        logits = [model.logits(test_images[i : i + 1000]) for i in range(0, len(test_images), 1000)]
-        accuracy = float((np.concatenate(logits).argmax(1) == test_labels).mean())
-        print(f"{path.name}: test accuracy {accuracy:.4%}")
+        check, calibration, test = synthetic_digits(256), synthetic_digits(512, seed=1), None
+        checked_on, calibrated_on = "generated", "generated"
+    else:
+        test_images, test_labels = (t.numpy() for t in data.to_tensors(mnist.test))
+        test = (test_images, test_labels)
+        check, checked_on, calibrated_on = test_images[:256], "test", "training"
+        train = data.Split(mnist.train.images[:512], mnist.train.labels[:512])
+        calibration = data.to_tensors(train)[0].numpy()
+    exported = export_checked(
+        loaded.model, output, check, calibration=calibration if args.int8 else None, test=test
+    )
+    for file in exported:
+        if file.difference is not None:
+            print(
+                f"wrote {file.path} (largest difference from PyTorch on 256 {checked_on} images: "
+                f"{file.difference:.1e})"
+            )
+        else:
+            print(f"wrote {file.path} ({file.kind}, calibrated on 512 {calibrated_on} images)")
+    for file in exported:
+        if file.accuracy is not None:
+            print(f"{file.path.name}: test accuracy {file.accuracy:.4%}")
     return EXIT_OK
+
+
+def _local_data(args: argparse.Namespace) -> data.Mnist | None:
+    """MNIST if it is already on this machine (--data-dir, $MNIST_DIGITS_DATA or the cache), never
+    fetched; a folder named explicitly must hold it."""
+    try:
+        directory = data.locate(args.data_dir, fetch=False, verify=not args.no_verify, log=_stderr)
+    except MnistDigitsError:
+        if args.data_dir is not None or os.environ.get(data.ENV_VAR):
+            raise
+        return None
+    return data.load(directory, verify=not args.no_verify)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -714,17 +833,45 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .checkpoint import read
-    from .pretrained import available
+    from .pretrained import catalog
 
-    for name, path in available().items():
-        metadata = read(path)[1]
-        networks = len(metadata.get("members") or [metadata])
-        accuracy = metadata.get("test_accuracy")
-        shown = f"{accuracy:.2%}" if accuracy is not None else "not measured"
-        kind = f"ensemble of {networks}" if networks > 1 else "one network"
-        print(f"{name:<12} test accuracy {shown:<8}  {kind:<14}  {path}")
+    models = catalog(measure_latency=not args.no_latency)
+    if args.json:
+        print(json.dumps([asdict(m) for m in models], indent=2))
+        return EXIT_OK
+    rows = [
+        ("model", "networks", "parameters", "file", "MNIST test", "other writers", "latency", "default for")
+    ]
+    for m in models:
+        rows.append(
+            (
+                m.name,
+                str(m.networks),
+                f"{m.parameters:,}",
+                f"{m.file_bytes / 1e6:.1f} MB",
+                _percent(m.test_accuracy),
+                _percent(m.outside_accuracy),
+                f"{m.latency_ms:.2f} ms" if m.latency_ms is not None else "-",
+                m.default_for or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [
+            cell.ljust(w) if i in (0, 7) else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+    print(
+        "\nMNIST test: the official 10,000 test images. Other writers: the 1,797 UCI digits of 43 people "
+        "outside MNIST\n(benchmarks/outside_mnist.py). Latency: one 28x28 image on this machine's CPU, "
+        "median of 30, measured now."
+    )
     return EXIT_OK
+
+
+def _percent(share: float | None) -> str:
+    return f"{share:.2%}" if share is not None else "not measured"
 
 
 def _add_training_samples(mnist: data.Mnist, directory: Path) -> data.Mnist:
@@ -760,6 +907,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tta=args.tta,
         feedback_db=args.feedback_db,
         allowed_origins=tuple(args.allow_origin),
+        max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        keep_alive_timeout=args.keep_alive_timeout,
     )
     run(config, announce=lambda line: print(line, flush=True))
     return EXIT_OK

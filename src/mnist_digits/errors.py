@@ -15,3 +15,7 @@ class CheckpointError(MnistDigitsError):
 
 class InputError(MnistDigitsError):
     """An image or CSV file given to predict or train cannot be used as it is."""
+
+
+class TrainingInterrupted(MnistDigitsError):
+    """Training stopped on request (Ctrl-C, SIGTERM) after saving a resumable checkpoint."""

@@ -158,3 +158,61 @@ def quantize_int8(fp32_path: Path, int8_path: Path, calibration: np.ndarray, bat
             )
         write_atomic(Path(int8_path), staged.read_bytes())
     return Path(int8_path)
+
+
+def synthetic_digits(count: int, seed: int = 0) -> np.ndarray:
+    """Digit-like images (N, 1, 28, 28) in [0, 1]: random pen strokes, thick and centred like MNIST's,
+    for checking and calibrating an export where the MNIST files are not at hand."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    scale = 4  # drawn at 112x112, then shrunk: smooth edges like MNIST's anti-aliased strokes
+    images = np.empty((count, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    for i in range(count):
+        canvas = Image.new("L", (IMAGE_SIZE * scale, IMAGE_SIZE * scale))
+        pen = ImageDraw.Draw(canvas)
+        for _ in range(rng.integers(1, 4)):  # one to three strokes of two to five points
+            points = rng.uniform(4 * scale, 24 * scale, size=(rng.integers(2, 6), 2))
+            pen.line(
+                [tuple(p) for p in points], fill=255, width=int(rng.integers(2, 4)) * scale, joint="curve"
+            )
+        small = canvas.filter(ImageFilter.GaussianBlur(scale / 2)).resize((IMAGE_SIZE, IMAGE_SIZE))
+        images[i, 0] = np.asarray(small, dtype=np.float32) / 255.0
+    return images
+
+
+def onnx_accuracy(model: OnnxModel, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
+    """Share of `images` (N, 1, 28, 28) whose top ONNX logit is the label."""
+    logits = [model.logits(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return float((np.concatenate(logits).argmax(1) == labels).mean())
+
+
+@dataclass(frozen=True)
+class ExportedFile:
+    path: Path
+    kind: str  # "fp32", or "int8" (quantized from the fp32 file)
+    difference: float | None  # largest |ONNX - PyTorch| logit on the check images (fp32 only)
+    accuracy: float | None  # on MNIST's test set, when it was at hand
+
+
+def export_checked(
+    model: torch.nn.Module,
+    output: Path,
+    check_images: np.ndarray,
+    *,
+    calibration: np.ndarray | None = None,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+    tolerance: float = 1e-4,
+) -> list[ExportedFile]:
+    """Write `output` (fp32) checked against PyTorch on `check_images`, and with `calibration` images
+    an int8 copy beside it (`NAME-int8.onnx`); with `test` (images, labels) each file's accuracy."""
+    fp32 = export_onnx(model, output)
+    difference = check_export(OnnxModel.load(fp32), model, check_images, tolerance)
+    files: list[tuple[Path, str, float | None]] = [(fp32, "fp32", difference)]
+    if calibration is not None:
+        int8 = quantize_int8(fp32, output.with_name(f"{output.stem}-int8.onnx"), calibration)
+        files.append((int8, "int8", None))
+    return [
+        ExportedFile(path, kind, diff, onnx_accuracy(OnnxModel.load(path), *test) if test else None)
+        for path, kind, diff in files
+    ]
