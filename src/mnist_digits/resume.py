@@ -3,7 +3,8 @@
 A checkpoint holds the weights, the optimizer's moments, the scheduler, the random-number
 generators, the history and, when a run was stopped mid-epoch, the epoch's shuffled order
 and how far it got. Restoring all of it makes a resumed run identical to an uninterrupted
-one on the CPU.
+one on the CPU. A run directory is checked before a run starts in it, so that no earlier
+result is lost unless replacing it was asked for.
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ from .model import DigitNet
 EPOCH_PREFIX = "epoch."  # tensors of an epoch in progress
 AVERAGE_PREFIX = "average."  # the moving average of the weights, when training keeps one
 
-
-class TrainingInterrupted(MnistDigitsError):
-    """Training stopped on request (Ctrl-C, SIGTERM) after saving a resumable checkpoint."""
+# What a run writes in its directory (each through NAME.tmp, renamed into place when complete)
+CHECKPOINT = "checkpoint.safetensors"  # everything needed to resume, rewritten after every epoch
+MODEL = "model.safetensors"  # the kept epoch's network
+HISTORY = "history.jsonl"  # one line of metrics per finished epoch
+RUN_FILES = (CHECKPOINT, MODEL, HISTORY)
+# The choices a RunDirectoryError's advice names, as `fit`'s arguments spell them
+LIBRARY_TERMS = {"resume": "resume=True", "overwrite": "overwrite=True", "elsewhere": "another run directory"}
 
 
 @dataclass
@@ -55,6 +60,8 @@ class EpochProgress:
     correct: int = 0  # correctly classified images so far
     seen: int = 0  # images trained on so far
     seconds: float = 0.0  # training time spent on this epoch so far
+    lr: float | None = None  # the learning rate when the epoch began, logged in its history line
+    # (None: a checkpoint from before it was recorded)
 
     def scalars(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "order"}
@@ -151,6 +158,96 @@ def restore_state(
     state.in_progress = (
         EpochProgress(order=tensors[EPOCH_PREFIX + "order"].to(device), **progress) if progress else None
     )
+
+
+class RunDirectoryError(MnistDigitsError):
+    """A run directory holding what the run as asked would replace, or nothing it could resume.
+
+    `found` says what is there; `advice` what to do, its choices as placeholders ({resume},
+    {overwrite}, {elsewhere}) that `explain` fills: with `fit`'s arguments, or the CLI's flags.
+    """
+
+    def __init__(self, found: str, advice: str) -> None:
+        self.found, self.advice = found, advice
+        super().__init__(self.explain(**LIBRARY_TERMS))
+
+    def explain(self, *, resume: str, overwrite: str, elsewhere: str) -> str:
+        return f"{self.found} {self.advice.format(resume=resume, overwrite=overwrite, elsewhere=elsewhere)}"
+
+
+def run_files(run_dir: Path) -> list[str]:
+    """The names of the files a run writes that `run_dir` holds, half-written ones (NAME.tmp) included."""
+    names = [n for name in RUN_FILES for n in (name, name + ".tmp")]
+    return [name for name in names if (Path(run_dir) / name).exists()]
+
+
+def prepare_run_dir(
+    run_dir: Path, *, resume: bool, overwrite: bool, log: Callable[[str], None], remove: bool = True
+) -> bool:
+    """Whether the run in `run_dir` resumes its checkpoint (True) or starts anew (False); a
+    RunDirectoryError if starting would replace an earlier run's files, or if there is nothing
+    to resume. `overwrite` allows replacing them (with `resume`: where there is no checkpoint),
+    and removes them before the run starts. Files half-written by a run killed while saving
+    (NAME.tmp) never hold a result; they are removed too. `remove` False only decides: for the
+    processes of a distributed run other than the one that writes.
+    """
+    run_dir = Path(run_dir)
+    found = run_files(run_dir)
+    results = [name for name in found if not name.endswith(".tmp")]
+    leftovers = [name for name in found if name.endswith(".tmp")]
+    resumes = resume and CHECKPOINT in results
+    if not resumes and not overwrite:
+        if resume:
+            raise _nothing_to_resume(run_dir, results, leftovers)
+        if CHECKPOINT in results:
+            raise RunDirectoryError(
+                f"{run_dir} already holds a training run ({CHECKPOINT}).",
+                "Continue it with {resume}, start it again in its place with {overwrite}, "
+                "or choose {elsewhere}.",
+            )
+        if results:
+            them = "it" if len(results) == 1 else "them"
+            raise RunDirectoryError(
+                f"{run_dir} holds {_names(results)} from an earlier run but no {CHECKPOINT}; a new run "
+                f"would replace {them}.",
+                f"Replace {them} with {{overwrite}}, or choose {{elsewhere}}.",
+            )
+    doomed = leftovers if resumes else found
+    if doomed and remove:
+        for name in doomed:
+            (run_dir / name).unlink(missing_ok=True)
+        if set(doomed) <= set(leftovers):
+            log(f"Removed {_names(doomed)} from {run_dir}: left half-written by a run killed while saving.")
+        else:
+            log(f"Replacing the earlier run in {run_dir}: removed {_names(doomed)}.")
+    if resume and not resumes:
+        log(f"Nothing to resume in {run_dir}: starting a new run.")
+    return resumes
+
+
+def _nothing_to_resume(run_dir: Path, results: list[str], leftovers: list[str]) -> RunDirectoryError:
+    """What `run_dir` holds instead of a checkpoint, and how to start again without losing it unasked."""
+    replaces = f", which replaces {_names(results)}" if results else ""
+    if leftovers:
+        kept = f"; {_names(results)} {'is' if len(results) == 1 else 'are'} kept" if results else ""
+        return RunDirectoryError(
+            f"{run_dir} holds no {CHECKPOINT} to resume, only {_names(leftovers)}, left half-written "
+            f"when its run was killed while saving{kept}.",
+            f"Start the run again with {{overwrite}}{replaces}, or choose {{elsewhere}}.",
+        )
+    if results:
+        return RunDirectoryError(
+            f"{run_dir} holds {_names(results)} but no {CHECKPOINT}: nothing to resume.",
+            f"Start a new run in its place with {{overwrite}}{replaces}, or choose {{elsewhere}}.",
+        )
+    return RunDirectoryError(
+        f"{run_dir} holds no {CHECKPOINT}: nothing to resume.",
+        "Start a new run without {resume}, or give the directory of the run to continue.",
+    )
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class StopRequest:
