@@ -94,14 +94,19 @@ def test_health_and_model_info(server, tiny_model_file):
     status, _, info = call(f"{server.url}/api/model")
     assert status == 200 and info["name"] == info["file"] == str(tiny_model_file)
     assert info["metadata"]["note"] == "untrained, for tests" and info["test_accuracy"] is None
-    assert info["parameters"] == sum(np.prod(s) for s in _tiny_shapes(info["metadata"]))
+    # Counted as `mnist-digits models` counts: the weights and BatchNorm's running mean and variance.
+    weights, statistics = _tiny_counts(info["metadata"])
+    assert statistics > 0 and info["parameters"] == weights + statistics
 
 
-def _tiny_shapes(metadata):
+def _tiny_counts(metadata):
+    """(weights, BatchNorm running-statistic values) of the network the model file describes."""
     from mnist_digits.model import DigitNet, ModelConfig
 
     model = DigitNet(ModelConfig.from_dict(metadata["model_config"]))
-    return [p.shape for p in model.parameters()]
+    buffers = model.named_buffers()
+    statistics = sum(b.numel() for n, b in buffers if n.rsplit(".", 1)[-1] in ("running_mean", "running_var"))
+    return sum(p.numel() for p in model.parameters()), statistics
 
 
 def test_the_page_and_its_files_are_served_with_no_outside_assets(server):

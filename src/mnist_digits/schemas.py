@@ -113,7 +113,10 @@ class Health(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(description="The shipped model's name, or the file's name.")
     file: str = Field(description="The model file.")
-    parameters: int = Field(description="Number of weights.")
+    parameters: int = Field(
+        description="Weights plus BatchNorm's running mean and variance, as `mnist-digits models` counts "
+        "them (Keras' count); 0 for an ONNX model."
+    )
     test_accuracy: float | None = Field(description="Accuracy on MNIST's 10,000 test images, if recorded.")
     metadata: dict[str, Any] = Field(
         description="Everything the model file records: configs, history, versions."
