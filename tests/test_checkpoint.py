@@ -76,3 +76,18 @@ def test_metadata_is_plain_json_in_the_header(tmp_path):
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     assert header["__metadata__"]["format"] == checkpoint.FORMAT
     assert json.loads(header["__metadata__"]["metadata"])["note"] == "hello"
+    stored, _ = checkpoint._read_stored(path)
+    assert header["__metadata__"][checkpoint.CHECKSUM_KEY] == checkpoint.tensors_sha256(stored)
+
+
+def test_the_checksum_covers_names_dtypes_shapes_and_bytes():
+    tensors = {"a": torch.arange(6.0), "b": torch.zeros(2, dtype=torch.int64)}
+    digest = checkpoint.tensors_sha256(tensors)
+    assert digest == checkpoint.tensors_sha256({"b": tensors["b"].clone(), "a": tensors["a"].clone()})
+    for changed in (
+        {"a": tensors["a"], "c": tensors["b"]},  # a name
+        {"a": tensors["a"].double(), "b": tensors["b"]},  # a dtype
+        {"a": tensors["a"].view(2, 3), "b": tensors["b"]},  # a shape
+        {"a": tensors["a"] + torch.tensor([0, 0, 0, 0, 0, 1.0]), "b": tensors["b"]},  # a value
+    ):
+        assert checkpoint.tensors_sha256(changed) != digest

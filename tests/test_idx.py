@@ -165,6 +165,18 @@ def test_corrupt_gzip_stream(tmp_path: Path, damage) -> None:
     assert "mnist-digits data --fetch" in message
 
 
+def test_no_more_is_read_than_the_header_promises(tmp_path: Path) -> None:
+    content = idx.encode_idx(LABELS)
+    path = tmp_path / "labels.gz"
+    path.write_bytes(gzip.compress(content + bytes(10_000)))
+    with pytest.raises(idx.IdxError, match="more than the 11 bytes its header promises"):
+        idx.read_bytes(path)
+    path.write_bytes(gzip.compress(content))
+    assert idx.read_bytes(path, max_bytes=11) == content
+    with pytest.raises(idx.IdxError, match="promises \\(3,\\) = 11 bytes, over the limit of 10"):
+        idx.read_bytes(path, max_bytes=10)
+
+
 def test_unreadable_file(tmp_path: Path) -> None:
     path = tmp_path / "missing"
     with pytest.raises(idx.IdxError, match="cannot read the file") as caught:

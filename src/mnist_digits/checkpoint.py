@@ -10,11 +10,15 @@ ensemble files may store their weights in float16 or int8 (see `compress`).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import logging
+import math
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -22,7 +26,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, MnistDigitsError
 from .files import write_atomic
 from .model import DigitNet, ModelConfig
 
@@ -31,6 +35,25 @@ MODEL_PREFIX = "model."
 MEMBER_PREFIX = "member{}."  # an ensemble's i-th network: member0.model.0.weight, ...
 OPTIMIZER_PREFIX = "optimizer."
 RNG_PREFIX = "rng."
+CHECKSUM_KEY = "tensors_sha256"  # header field beside "format": see tensors_sha256; older files lack it
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on a file's JSON header
+MAX_MEMBERS = 1000  # networks in one ensemble file; the shipped one has 10
+# The tensor types of safetensors' names that these files hold, and their sizes in bytes.
+DTYPE_SIZES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+DAMAGED = "the file is damaged or was not written by mnist-digits; use another model file or train again."
+
+_log = logging.getLogger(__name__)  # unconfigured, Python prints warnings as bare lines on stderr
 
 
 def environment() -> dict[str, str]:
@@ -45,20 +68,37 @@ def environment() -> dict[str, str]:
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write tensors and metadata to one safetensors file, atomically."""
-    header = {"format": FORMAT, "metadata": json.dumps(metadata, sort_keys=True)}
+    """Write tensors and metadata to one safetensors file, atomically, with the tensors' checksum."""
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    header = {
+        "format": FORMAT,
+        "metadata": json.dumps(metadata, sort_keys=True),
+        CHECKSUM_KEY: tensors_sha256(plain),
+    }
     write_atomic(Path(path), save_bytes(plain, metadata=header))
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: a flipped bit, a
+    swapped name or a reshaped tensor all change it."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name].detach().to("cpu").contiguous()
+        digest.update(json.dumps([name, str(value.dtype), list(value.shape)]).encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors (int8 weights expanded to float32) and metadata of a file written by `save`;
-    CheckpointError if it is not one."""
+    CheckpointError if it is not one, or if its header or weights are damaged."""
     tensors, metadata = _read_stored(Path(path))
     try:
         return expand(tensors), metadata
-    except (KeyError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: its int8 weights and their scales do not match ({e}).") from e
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path}: its int8 weights and their scales do not match ({e}); {DAMAGED}"
+        ) from e
 
 
 def update_metadata(path: Path, values: dict[str, Any]) -> None:
@@ -68,6 +108,8 @@ def update_metadata(path: Path, values: dict[str, Any]) -> None:
 
 
 def _read_stored(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors as stored and the metadata, the file read once and every header field checked
+    before safetensors allocates a tensor."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -75,10 +117,8 @@ def _read_stored(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read it ({e.strerror or e}).") from e
     try:
-        tensors = load_bytes(raw)
-        header_len = int.from_bytes(raw[:8], "little")  # safetensors: u64 length, JSON header
-        header = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
-    except Exception as e:  # safetensors raises several types for damaged files
+        header = _safetensors_header(raw)
+    except ValueError as e:
         if path.suffix == ".onnx":
             raise CheckpointError(
                 f"{path}: an ONNX file; only `predict` reads those. Give the .safetensors model it was "
@@ -88,12 +128,268 @@ def _read_stored(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             f"{path}: not a readable safetensors file ({e}). It may be truncated or corrupt; "
             "use another checkpoint or train again."
         ) from e
-    if header.get("format") != FORMAT:
+    fields = header.get("__metadata__") or {}
+    if fields.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path}: not an mnist-digits model file (format {header.get('format')!r}, expected "
+            f"{path}: not an mnist-digits model file (format {_shown(fields.get('format'))}, expected "
             f"{FORMAT!r}); give a file written by `mnist-digits train`, `join`, or a shipped model's name."
         )
-    return tensors, json.loads(header["metadata"])
+    metadata = _metadata(fields, path)
+    try:
+        tensors = load_bytes(raw)
+    except Exception as e:  # the header was checked above, but safetensors raises several types
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({e}). It may be truncated or corrupt; "
+            "use another checkpoint or train again."
+        ) from e
+    recorded = fields.get(CHECKSUM_KEY)
+    if recorded is None:
+        _log.warning(
+            f"note: {path} records no checksum of its weights (it was written by an older version), "
+            "so damage to them cannot be detected."
+        )
+    elif tensors_sha256(tensors) != recorded:
+        raise CheckpointError(
+            f"{path}: its weights do not match the checksum in its header, so the file is damaged. "
+            "Use another copy of it, or train again."
+        )
+    return tensors, metadata
+
+
+def _safetensors_header(raw: bytes) -> dict[str, Any]:
+    """The JSON header of a safetensors file's bytes; ValueError unless it is a JSON object whose
+    every tensor entry has a known dtype, a shape, and offsets that tile the data exactly, all
+    computed with Python integers (a shape of 2**30 x 2**30 x 16 cannot wrap around to 0)."""
+    if len(raw) < 8:
+        raise ValueError(f"only {len(raw)} bytes")
+    length = int.from_bytes(raw[:8], "little")  # safetensors: u64 length, then that much JSON
+    if length > min(MAX_HEADER_BYTES, len(raw) - 8):
+        raise ValueError(
+            f"its header claims {length:,} bytes; the file holds {len(raw) - 8:,} after the length"
+        )
+    try:
+        header = json.loads(raw[8 : 8 + length])
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise ValueError(f"its header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"its header is {type(header).__name__}, not a JSON object")
+    data_length, spans = len(raw) - 8 - length, []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise ValueError("its __metadata__ is not an object of strings")
+            continue
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise ValueError(f"tensor {_shown(name)} is not described by dtype, shape and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+            raise ValueError(
+                f"tensor {_shown(name)} has dtype {_shown(dtype)}, which these files do not hold"
+            )
+        if not isinstance(shape, list) or len(shape) > 8 or not all(_whole(d) and d >= 0 for d in shape):
+            raise ValueError(f"tensor {_shown(name)} has shape {_shown(shape)}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_whole(o) for o in offsets)):
+            raise ValueError(f"tensor {_shown(name)} has data_offsets {_shown(offsets)}")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_length or end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
+            raise ValueError(
+                f"tensor {_shown(name)} of shape {_shown(shape)} does not fit its bytes {begin}-{end}"
+            )
+        spans.append((begin, end))
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            raise ValueError("its tensors' bytes overlap or leave gaps")
+        position = end
+    if position != data_length:
+        raise ValueError(f"its tensors take {position:,} bytes of the {data_length:,} after the header")
+    return header
+
+
+def _metadata(fields: dict[str, str], path: Path) -> dict[str, Any]:
+    """The metadata object of a header's fields, every field this project writes checked."""
+    if "metadata" not in fields:
+        raise CheckpointError(f"{path}: the header has no metadata; {DAMAGED}")
+    try:
+        metadata = json.loads(fields["metadata"])
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: its metadata is not JSON ({e}); {DAMAGED}") from None
+    if not isinstance(metadata, dict):
+        raise CheckpointError(
+            f"{path}: its metadata is {type(metadata).__name__}, not a JSON object; {DAMAGED}"
+        )
+    recorded = fields.get(CHECKSUM_KEY)
+    if recorded is not None and (len(recorded) != 64 or set(recorded) - set("0123456789abcdef")):
+        raise CheckpointError(f"{path}: its {CHECKSUM_KEY} {_shown(recorded)} is not a sha256; {DAMAGED}")
+    problem = metadata_problem(metadata)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; {DAMAGED}")
+    return metadata
+
+
+# --- what every metadata field must be ----------------------------------------------------------
+# Each check returns what is wrong with a value, or "" when it is fine. Fields not named here are
+# kept as they are (a newer version's additions, or notes of one's own).
+
+
+def _whole(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(value: object) -> str:
+    return "" if _whole(value) and value >= 0 else "not a whole number of 0 or more"
+
+
+def _accuracy(value: object) -> str:
+    ok = value is None or (_number(value) and 0.0 <= value <= 1.0)
+    return "" if ok else "not a fraction from 0 to 1"
+
+
+def _real(value: object) -> str:
+    return "" if value is None or _number(value) else "not a number"
+
+
+def _seconds(value: object) -> str:
+    return "" if value is None or (_number(value) and value >= 0) else "not a number of seconds"
+
+
+def _text(value: object) -> str:
+    return "" if isinstance(value, str) else "not a string"
+
+
+def _object(value: object) -> str:
+    return "" if isinstance(value, dict) else "not a JSON object"
+
+
+def _object_or_null(value: object) -> str:
+    return "" if value is None or isinstance(value, dict) else "not a JSON object"
+
+
+def _strings(value: object) -> str:
+    ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    return "" if ok else "not an object of strings"
+
+
+def _strings_or_null(value: object) -> str:
+    return "" if value is None else _strings(value)
+
+
+def _list_of_objects(value: object) -> str:
+    ok = isinstance(value, list) and all(isinstance(v, dict) for v in value)
+    return "" if ok else "not a list of JSON objects"
+
+
+def _members(value: object) -> str:
+    if not isinstance(value, list) or _list_of_objects(value):
+        return "not a list of networks' metadata"
+    return f"{len(value):,} networks, over the limit of {MAX_MEMBERS:,}" if len(value) > MAX_MEMBERS else ""
+
+
+def _weights_dtype(value: object) -> str:
+    return "" if value in WEIGHTS_DTYPES else f"not one of {', '.join(WEIGHTS_DTYPES)}"
+
+
+def _model_config(value: object) -> str:
+    try:
+        ModelConfig.from_dict(value)
+    except MnistDigitsError as e:
+        return str(e).rstrip(".")
+    return ""
+
+
+# An epoch of the training history: the fields the curves and the report read, then two that
+# older files may lack.
+_EPOCH: dict[str, Callable[[object], str]] = {
+    "epoch": _count,
+    "train_loss": _real,
+    "train_accuracy": _accuracy,
+    "val_loss": _real,
+    "val_accuracy": _accuracy,
+    "lr": _real,
+    "seconds": _seconds,
+    "images_per_second": _real,
+}
+_EPOCH_REQUIRED = 6
+
+
+def _history(value: object) -> str:
+    if not isinstance(value, list) or _list_of_objects(value):
+        return "not a list of epochs"
+    for i, epoch in enumerate(value):
+        for j, (name, check) in enumerate(_EPOCH.items()):
+            if name not in epoch:
+                if j < _EPOCH_REQUIRED:
+                    return f"epoch {i + 1} lacks {name}"
+            elif problem := check(epoch[name]):
+                return f"epoch {i + 1}'s {name} {_shown(epoch[name])} is {problem}"
+    return ""
+
+
+def _train_config(value: object) -> str:
+    if not isinstance(value, dict):
+        return "not a JSON object"
+    for name, check in (("recipe", _text), ("seed", _count), ("model", _object), ("augment", _object)):
+        if name in value and check(value[name]):
+            return f"{name} {_shown(value[name])}: {check(value[name])}"
+    if "model" in value:
+        return _model_config(value["model"])
+    return ""
+
+
+FIELDS: dict[str, Callable[[object], str]] = {
+    "model_config": _model_config,
+    "members": _members,
+    "weights_dtype": _weights_dtype,
+    "train_config": _train_config,
+    "history": _history,
+    "test_accuracy": _accuracy,
+    "val_accuracy": _accuracy,
+    "test_loss": _real,
+    "val_loss": _real,
+    "train_seconds": _seconds,
+    "epoch": _count,
+    "train_images": _count,
+    "torch_threads": _count,
+    "device": _text,
+    "environment": _strings,
+    "data_sha256": _strings_or_null,
+    # a training checkpoint's (resume.py reads them)
+    "data_identity": _object,
+    "optimizer_param_groups": _list_of_objects,
+    "scheduler": _object,
+    "epoch_in_progress": _object_or_null,
+}
+
+
+_NESTED = ("model_config", "members", "train_config", "history")  # their problems name the inner field
+
+
+def metadata_problem(metadata: dict[str, Any], where: str = "") -> str:
+    """What is wrong with a file's metadata, in words, or "" when every field is what it should be;
+    an ensemble's members are checked field by field too."""
+    for name, check in FIELDS.items():
+        if name in metadata:
+            problem = check(metadata[name])
+            if problem and name in _NESTED:
+                return f"its {where}{name} is wrong: {problem}"
+            if problem:
+                return f"its {where}{name} {_shown(metadata[name])} is {problem}"
+    for i, member in enumerate(metadata.get("members") or []):
+        if "members" in member:
+            return f"its members[{i}] is an ensemble itself"
+        problem = metadata_problem(member, f"members[{i}].")
+        if problem:
+            return problem
+    return ""
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -107,13 +403,12 @@ def save_model(path: Path, model: DigitNet, metadata: dict[str, Any]) -> None:
 
 
 def build_model(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path: Path) -> DigitNet:
-    """Rebuild the network from its stored config and load the weights, strictly."""
-    try:
-        config = ModelConfig.from_dict(metadata["model_config"])
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: the metadata has no usable model_config ({e}).") from e
-    model = DigitNet(config)
+    """Rebuild the network from its stored config and load the weights, strictly; the weights are
+    checked against the config before any layer is built."""
+    config = stored_config(metadata, path)
     weights = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    check_weights(weights, config, path)
+    model = DigitNet(config)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
@@ -122,6 +417,49 @@ def build_model(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path
             f"{path}: the weights do not fit the architecture in its metadata: {' '.join(first)}"
         ) from e
     return model
+
+
+def stored_config(metadata: dict[str, Any], path: Path, which: str = "") -> ModelConfig:
+    """The ModelConfig a file's (or an ensemble member's) metadata holds; CheckpointError if none."""
+    if "model_config" not in metadata:
+        raise CheckpointError(f"{path}: the metadata{which} has no model_config; {DAMAGED}")
+    try:
+        return ModelConfig.from_dict(metadata["model_config"])
+    except MnistDigitsError as e:
+        raise CheckpointError(
+            f"{path}: the model_config{which} is wrong: {str(e).rstrip('.')}; {DAMAGED}"
+        ) from e
+
+
+def check_weights(weights: dict[str, torch.Tensor], config: ModelConfig, path: Path, which: str = "") -> None:
+    """CheckpointError unless `weights` are exactly the tensors of a DigitNet(config), by name and
+    shape, floating point where the network's are, and finite. The network is laid out on the meta
+    device, which allocates nothing, so a config that asks for terabytes costs nothing here."""
+    with torch.device("meta"):
+        expected = DigitNet(config).state_dict()
+    problem = ""
+    if missing := [k for k in expected if k not in weights]:
+        problem = f"it lacks {missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+    elif unexpected := sorted(k for k in weights if k not in expected):
+        problem = f"it holds {unexpected[0]}, which the network has not"
+    for name, value in expected.items():
+        if problem:
+            break
+        stored = weights[name]
+        if tuple(stored.shape) != tuple(value.shape):
+            problem = f"{name} is {_dims(stored)}, the network's is {_dims(value)}"
+        elif value.is_floating_point() and not stored.is_floating_point():
+            problem = f"{name} holds {stored.dtype}, not floating-point numbers"
+        elif stored.is_floating_point() and not bool(torch.isfinite(stored).all()):
+            problem = f"{name} holds NaN or infinite values"
+    if problem:
+        raise CheckpointError(
+            f"{path}: the weights{which} do not fit the architecture in its metadata: {problem}; {DAMAGED}"
+        )
+
+
+def _dims(tensor: torch.Tensor) -> str:
+    return "x".join(str(d) for d in tensor.shape) or "a scalar"
 
 
 # How an ensemble file may store its weights. "int8": each weight matrix and convolution kernel
@@ -151,13 +489,16 @@ def compress(tensors: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Te
 
 
 def expand(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The inverse of `compress`: int8 weights times their scales, in float32; other tensors as stored."""
+    """The inverse of `compress`: int8 weights times their scales, in float32; other tensors as
+    stored. ValueError if a scale has no int8 weight of its own or not one number per output channel."""
     scales = {k[len(SCALE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(SCALE_PREFIX)}
     plain = {k: v for k, v in tensors.items() if not k.startswith(SCALE_PREFIX)}
     for name, scale in scales.items():
-        if name not in plain:
-            raise KeyError(f"a scale for {name}, which the file does not hold")
-        quantized = plain[name]
+        quantized = plain.get(name)
+        if quantized is None or quantized.dtype != torch.int8 or quantized.dim() < 2:
+            raise ValueError(f"a scale for {name}, which is not an int8 weight of the file")
+        if scale.dim() != 1 or len(scale) != len(quantized) or not scale.is_floating_point():
+            raise ValueError(f"the scale of {name} is not one number per output channel")
         plain[name] = (quantized.float().flatten(1) * scale.float()[:, None]).view(quantized.shape)
     return plain
 
@@ -202,19 +543,28 @@ class LoadedModel:
 
 
 def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """A model in eval mode with its metadata, from a model, ensemble or training checkpoint file."""
+    """A model in eval mode with its metadata, from a model, ensemble or training checkpoint file.
+    Every network's config and weights are checked before the first is built."""
     from .ensemble import Ensemble
 
+    path = Path(path)
     tensors, metadata = read(path)
     if "members" not in metadata:
-        model: torch.nn.Module = build_model(tensors, metadata, Path(path))
-    else:
-        if not metadata["members"]:
-            raise CheckpointError(f"{path}: an ensemble file with no networks in it; join it again.")
-        networks = []
-        for i, member in enumerate(metadata["members"]):
-            prefix = MEMBER_PREFIX.format(i)
-            own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            networks.append(build_model(own, member, Path(path)))
-        model = Ensemble(networks)
-    return LoadedModel(model.to(device).eval(), metadata, Path(path))
+        model: torch.nn.Module = build_model(tensors, metadata, path)
+        return LoadedModel(model.to(device).eval(), metadata, path)
+    members = metadata["members"]
+    if not members:
+        raise CheckpointError(f"{path}: an ensemble file with no networks in it; join it again.")
+    prefixes = [MEMBER_PREFIX.format(i) for i in range(len(members))]
+    stray = sorted(k for k in tensors if not k.startswith(tuple(prefixes)))
+    if stray:
+        raise CheckpointError(f"{path}: holds {stray[0]}, a tensor of no network of the ensemble; {DAMAGED}")
+    parts = []
+    for i, (member, prefix) in enumerate(zip(members, prefixes, strict=True)):
+        which = f" of network {i + 1}"
+        config = stored_config(member, path, which)
+        own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        check_weights({k[len(MODEL_PREFIX) :]: v for k, v in own.items()}, config, path, which)
+        parts.append((own, member))
+    model = Ensemble([build_model(own, member, path) for own, member in parts])
+    return LoadedModel(model.to(device).eval(), metadata, path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import glob
 import io
+import stat
+import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +37,9 @@ def open_image(
     then decodes several times faster, and the preprocessing would shrink it anyway.
     """
     name = name or (str(source) if not isinstance(source, bytes) else "image")
+    if not isinstance(source, bytes) and _is_special_file(Path(source)):
+        # Opening a pipe blocks until something writes to it: refused, not waited on.
+        raise InputError(f"{name}: not a regular file (a pipe, socket or device); give an image file.")
     try:
         with warnings.catch_warnings():
             # Pillow warns above its own limit; ours is checked below with a clearer message.
@@ -54,6 +59,9 @@ def open_image(
         ) from None
     except OSError as e:
         raise InputError(f"{name}: cannot read it ({e.strerror or e}).") from e
+    except (ValueError, SyntaxError, struct.error, IndexError, TypeError) as e:
+        # A damaged header can fail a format's parser in these ways (PNG: "Truncated IHDR chunk").
+        raise InputError(f"{name}: the image's header is corrupt ({e}). Save or export it again.") from e
     with image:
         width, height = image.size
         if width * height > max_pixels:
@@ -72,6 +80,15 @@ def open_image(
             ) from e
 
 
+def _is_special_file(path: Path) -> bool:
+    """Whether `path` exists and is neither a regular file nor a folder (a FIFO, socket or device)."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return False  # missing, a loop of links, unreadable: open() says which, below
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def _too_large(size: tuple[int, int] | None, max_pixels: int) -> str:
     declared = f"{size[0]}x{size[1]} pixels" if size else "more pixels than Pillow allows"
     return (
@@ -82,9 +99,11 @@ def _too_large(size: tuple[int, int] | None, max_pixels: int) -> str:
 
 def shrink(image: Image.Image, max_side: int) -> Image.Image:
     """`image` with its longest side at most `max_side`, in a mode that keeps its alpha."""
-    if image.mode.startswith("I;16"):
-        image = image.convert("I")  # keeps the 16-bit values; converting to RGB would clip them at 255
-    elif image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        # Checked and scaled to [0, 1] at full size (converting to RGB would clip 16-bit values at
+        # 255): resampling would blur the whole numbers that tell 0-255 floats from 0-1 ones.
+        image = Image.fromarray(_unit_range(np.asarray(image)))
+    elif image.mode not in ("L", "LA", "RGB", "RGBA"):
         has_alpha = image.mode in ("PA", "La", "RGBa") or image.has_transparency_data
         image = image.convert("RGBA" if has_alpha else "RGB")
     scale = max_side / max(image.size)
@@ -117,15 +136,39 @@ def to_grayscale(source: Image.Image | np.ndarray) -> np.ndarray:
 
 
 def _unit_range(array: np.ndarray) -> np.ndarray:
+    """Pixel values as float32 in [0, 1]: integers over 255 (or 65535 when some exceed 255), floats
+    in [0, 1] as they are, whole-number floats over 255 or 65535 likewise. InputError for anything
+    else (NaN, infinities, negatives, floats over 1 with fractions, 0-1 floats with brighter
+    pixels): any scale guessed for those would misread the image without a word."""
     if array.dtype == np.bool_:
         return array.astype(np.float32)
     if np.issubdtype(array.dtype, np.integer):
-        top = 65535.0 if array.max(initial=0) > 255 else 255.0
-        return array.astype(np.float32) / top
-    values = np.nan_to_num(array.astype(np.float32))
-    if values.max(initial=0) > 1.0:  # floats in 0-255, as some code produces them
-        values /= 255.0
-    return np.clip(values, 0.0, 1.0)
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise InputError(
+                f"pixel values from {low} to {high}: integer images must hold 0-255, or 0-65535 for "
+                "16 bits. Rescale it, or save it as an 8-bit PNG."
+            )
+        return array.astype(np.float32) / (65535.0 if high > 255 else 255.0)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InputError(f"pixel values of type {array.dtype}: give integers or floating-point numbers.")
+    if not np.isfinite(array).all():
+        raise InputError(
+            "the image holds NaN or infinite pixel values, which show no shade of gray. "
+            "Replace them, or save it as an 8-bit PNG."
+        )
+    least, most = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if least >= 0.0 and most <= 1.0:
+        return array.astype(np.float32)
+    # Floats made from 8- or 16-bit pixels are whole numbers, and few of them are 1: a 0-1 image
+    # with a few brighter pixels (1s, and a block of 2s) must not be read as a dark 0-255 one.
+    whole = bool(np.all(array == np.round(array)))
+    if least >= 0.0 and whole and most <= 65535.0 and (array == 1).sum() < (array > 1).sum():
+        return array.astype(np.float32) / (65535.0 if most > 255.0 else 255.0)
+    raise InputError(
+        f"pixel values from {least:g} to {most:g}: a floating-point image must hold values from 0 to 1 "
+        "(or whole numbers 0-255 or 0-65535). Rescale it to 0-1, or save it as an 8-bit PNG."
+    )
 
 
 def _image_to_grayscale(image: Image.Image) -> np.ndarray:
@@ -176,13 +219,18 @@ def expand_paths(patterns: Sequence[str]) -> list[tuple[str, str | None]]:
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+            try:
+                # Every entry but a folder gets a row: a loop of links or a dangling one, its error.
+                files = sorted(p for p in path.iterdir() if is_image_file(p) and not p.is_dir())
+            except OSError as e:
+                found.append((pattern, f"{pattern}: cannot list this folder ({e.strerror or e})."))
+                continue
             if not files:
                 found.append((pattern, f"{pattern}: no image files in this folder ({_suffixes()})."))
             found += [(str(f), None) for f in files]
         elif glob.has_magic(pattern) and not path.exists():
             matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True))
-            files = [m for m in matches if m.is_file() and is_image_file(m)]
+            files = [m for m in matches if is_image_file(m) and not m.is_dir()]
             if not files:
                 found.append((pattern, f"{pattern}: matches no image files ({_suffixes()})."))
             found += [(str(f), None) for f in files]

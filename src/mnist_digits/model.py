@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -12,6 +12,9 @@ from .errors import MnistDigitsError
 
 IMAGE_SIZE = 28  # MNIST images are 28x28 pixels
 NUM_CLASSES = 10  # digits 0-9
+MAX_WIDTH = 1024  # most channels or dense units a layer may have; the widest recipe uses 128
+# Fields every stored model config holds; the others came later and default when absent.
+REQUIRED_FIELDS = ("channels", "hidden", "dropout_first", "dropout", "bn_momentum", "bn_eps")
 
 
 @dataclass(frozen=True)
@@ -26,24 +29,89 @@ class ModelConfig:
     bn_eps: float = 1e-3  # Keras' BatchNormalization epsilon
     conv_batchnorm: bool = False  # BatchNorm after every convolution (not in the reference):
     # faster, steadier training at high learning rates, used by every recipe but the reference
-    kernel: int = 3  # side of every convolution's kernel, odd; 5 or 7 see more of the digit at
-    # each layer and shrink the 'valid' block more (no recipe uses them: README, "Ensembles on
-    # one validation split")
+    kernel: int = 3  # side of every convolution's kernel, odd; 5 and 7 did not help ensembles
+    # (docs/experiments.md, "Ensembles on one validation split"), so no recipe uses them
 
     def __post_init__(self) -> None:
-        if self.kernel < 1 or self.kernel % 2 == 0 or feature_side(self.kernel) < 1:
+        # Checked here, before any layer is built: a model file's header is where configs come
+        # from, and channels of 10**7 would ask for petabytes, dropout 5.0 fails deep in torch.
+        channels = self.channels
+        if (
+            not isinstance(channels, tuple)
+            or len(channels) != 3
+            or not all(_is_int(c) and 1 <= c <= MAX_WIDTH for c in channels)
+        ):
             raise MnistDigitsError(
-                f"kernel {self.kernel}: give an odd size from 1 to 13, such as 3 (the reference), 5 or 7."
+                f"channels {_shown(channels)}: give three whole numbers from 1 to {MAX_WIDTH:,}, "
+                "such as (32, 64, 128) (the reference)."
+            )
+        if not _is_int(self.hidden) or not 1 <= self.hidden <= MAX_WIDTH:
+            raise MnistDigitsError(
+                f"hidden {_shown(self.hidden)}: give a whole number of units from 1 to {MAX_WIDTH:,}, "
+                "such as 128."
+            )
+        for name in ("dropout_first", "dropout"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 <= value < 1.0:
+                raise MnistDigitsError(f"{name} {_shown(value)}: give a probability from 0 to below 1.")
+        if not _is_number(self.bn_momentum) or not 0.0 <= self.bn_momentum <= 1.0:
+            raise MnistDigitsError(f"bn_momentum {_shown(self.bn_momentum)}: give a number from 0 to 1.")
+        if not _is_number(self.bn_eps) or not 0.0 < self.bn_eps <= 1.0:
+            raise MnistDigitsError(
+                f"bn_eps {_shown(self.bn_eps)}: give a small positive number, such as 0.001."
+            )
+        if not isinstance(self.conv_batchnorm, bool):
+            raise MnistDigitsError(f"conv_batchnorm {_shown(self.conv_batchnorm)}: give true or false.")
+        if (
+            not _is_int(self.kernel)
+            or self.kernel < 1
+            or self.kernel % 2 == 0
+            or feature_side(self.kernel) < 1
+        ):
+            raise MnistDigitsError(
+                f"kernel {_shown(self.kernel)}: give an odd size from 1 to 13, such as 3 (the reference), "
+                "5 or 7."
             )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> ModelConfig:
+    def from_dict(cls, values: object) -> ModelConfig:
+        """The config a file stored; MnistDigitsError naming the field that is missing, unknown or
+        out of range. Fields added after the first version (conv_batchnorm, kernel) default."""
+        if not isinstance(values, dict):
+            raise MnistDigitsError(f"the model config is {_shown(values)}, not an object of its fields.")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in values if k not in known)
+        if unknown:
+            raise MnistDigitsError(
+                f"the model config has fields this version does not know ({', '.join(unknown)}); "
+                "it was written by another version of mnist-digits, or damaged."
+            )
+        missing = [name for name in REQUIRED_FIELDS if name not in values]
+        if missing:
+            raise MnistDigitsError(f"the model config lacks {', '.join(missing)}.")
         values = dict(values)
-        values["channels"] = tuple(values["channels"])
+        if isinstance(values["channels"], list):  # JSON has no tuples
+            values["channels"] = tuple(values["channels"])
         return cls(**values)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    """A finite int or float; bools are not numbers here."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return _is_int(value)  # ints are finite, and 10**400 would overflow math.isfinite
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def feature_side(kernel: int) -> int:
