@@ -66,3 +66,38 @@ def test_outside_mnist_benchmark_reads_digits_in_the_uci_format(test_digits, ref
     assert "->" in row.confusions
     table = outside_mnist.format_table([row])
     assert "control" in table and f"{row.accuracy:.2%}" in table
+
+
+def test_outside_mnist_benchmark_reports_stress_rows_from_the_models_own_validation_digits(
+    mnist, reference_recognizer
+):
+    """Each stress kind beside the validation row, from the digits the model held out; an ensemble
+    whose members held out different digits gets none, with the reason."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import outside_mnist
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from mnist_digits import stress
+    from mnist_digits.errors import MnistDigitsError
+    from mnist_digits.predict import load_model
+    from mnist_digits.train import held_out
+
+    split, which = outside_mnist.validation_split(reference_recognizer, mnist, 40)
+    assert which == "val_fraction 0.1, split seed 0"
+    assert np.array_equal(split.images, held_out([reference_recognizer.metadata], mnist).images[:40])
+    kinds = ["thick", "16x16"]
+    rows = outside_mnist.stress_rows(
+        "reference", False, reference_recognizer, split, stress.stress_sets(split, kinds)
+    )
+    assert [r.digits_from for r in rows] == ["validation", "stress: thick", "stress: 16x16"]
+    assert all(r.digits == 40 and r.low <= r.accuracy <= r.high for r in rows)
+    assert rows[0].vs_validation is None
+    assert [r.vs_validation for r in rows[1:]] == pytest.approx(
+        [r.accuracy - rows[0].accuracy for r in rows[1:]]
+    )
+    table = outside_mnist.format_table(rows)
+    assert "vs val" in table and f"{100 * rows[1].vs_validation:+.2f}" in table
+
+    with pytest.raises(MnistDigitsError, match="held out different validation images"):
+        outside_mnist.validation_split(load_model("ensemble"), mnist, 40)

@@ -68,6 +68,8 @@ def test_every_shipped_network_is_its_recipe_with_its_seed():
     for metadata in networks:
         config = TrainConfig.from_dict(metadata["train_config"])
         assert asdict(config) == asdict(recipe(config.recipe, seed=config.seed)), config
+        # trained before the augmentation's styles existed: stored without them, read with them off
+        assert "thicken" not in metadata["train_config"]["augment"] and not config.augment.styled
     # `best` as it stands (sharpness-aware steps), alone and in the ensemble
     best_networks = [m for m in networks if m["train_config"]["recipe"] == "best"]
     assert len(best_networks) == 6

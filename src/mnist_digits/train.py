@@ -4,6 +4,8 @@ A run directory holds:
   checkpoint.safetensors  everything needed to resume, rewritten after every epoch
   model.safetensors       the best epoch by validation accuracy, with its metadata
   history.jsonl           one line of metrics per epoch
+  .lock                   locked while a run trains there, so that a second one stops at once
+A new run never replaces an earlier one's files unless asked to (`overwrite`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,19 +26,25 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import checkpoint, distributed
-from .augment import AugmentConfig, random_warp
+from .augment import AugmentConfig, random_style, random_warp
 from .data import Mnist, Split, split_validation, to_tensors
+from .device import pick_device
 from .distributed import SINGLE_PROCESS, Cluster
-from .errors import MnistDigitsError
-from .files import ensure_writable_dir, write_atomic
+from .errors import MnistDigitsError, TrainingInterrupted
+from .files import directory_lock, ensure_writable_dir, write_atomic
 from .model import DigitNet, ModelConfig
 from .resume import (
+    CHECKPOINT,
+    HISTORY,
+    MODEL,
     EpochProgress,
     EpochStats,
+    RunDirectoryError,
     StopRequest,
-    TrainingInterrupted,
     TrainingState,
+    prepare_run_dir,
     restore_state,
+    run_files,
     save_state,
     stop_on_signals,
 )
@@ -152,7 +161,7 @@ class TrainConfig:
 # BatchNorm after every convolution and no dropout (dropout's random masks cost a sixth
 # of a step here, and BatchNorm regularizes enough for 5 epochs), AdamW on a one-cycle
 # schedule to a high peak, batch 256, label smoothing, lighter augmentation. Chosen on
-# the validation split (see README).
+# the validation split (docs/experiments.md).
 _FAST = TrainConfig(
     recipe="fast",
     epochs=5,
@@ -169,9 +178,8 @@ _FAST = TrainConfig(
     ),
 )
 
-# Weight averaging for the long recipes. With the raw weights trained exactly as before, it
-# raised the mean best-epoch validation accuracy of `best` (seeds 0-2) from 99.64% to 99.68%
-# and of `lean` (seeds 0-4) from 99.60% to 99.63% (README, "Weight averaging").
+# Weight averaging for the long recipes: it raised both recipes' validation accuracy with the
+# raw weights trained exactly as before (docs/experiments.md, "Weight averaging").
 _EMA = 0.999
 
 RECIPES: dict[str, TrainConfig] = {
@@ -183,10 +191,8 @@ RECIPES: dict[str, TrainConfig] = {
     # validation split in 40% of its time; its members are a cheap way to grow an ensemble.
     "lean": replace(_FAST, recipe="lean", epochs=30, augment=AugmentConfig(), ema=_EMA),
     # The most accurate single network: `lean` at three quarters of the reference width
-    # (24-48-96 channels) and half its batch (twice the steps at the same peak rate). On the
-    # validation split of seeds 0-2 the width beat `lean` and `full`, and the smaller batch
-    # raised the mean from 99.68% to 99.72%, sharpness-aware steps to 99.73% (see README);
-    # about 27 minutes a network on 2 CPU cores.
+    # (24-48-96 channels), half its batch (twice the steps at the same peak rate) and
+    # sharpness-aware steps, each chosen on validation (docs/experiments.md).
     "best": replace(
         _FAST,
         recipe="best",
@@ -229,19 +235,6 @@ class FitResult:
         return f"best epoch {self.best_epoch}: validation accuracy {self.best_val_accuracy:.4%}"
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' takes CUDA when it is there, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MnistDigitsError(
-            "--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu, or auto "
-            "to take a GPU when there is one."
-        )
-    return device
-
-
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -265,7 +258,9 @@ def train_one_epoch(
     """
     model.train()
     n = len(progress.order)
-    loss_sum = torch.zeros((), device=images.device)  # on the device: no sync per step
+    # On the device (no sync per step), and continued from a stopped epoch's sum in the same
+    # float32 additions as an uninterrupted epoch makes, so that its history line is the same too.
+    loss_sum = torch.tensor(progress.loss_sum, dtype=torch.float32, device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     start = time.perf_counter()
     steps = range(progress.step * config.batch_size, n, config.batch_size)
@@ -278,6 +273,7 @@ def train_one_epoch(
         if len(index) < 2 * cluster.world_size:
             break  # BatchNorm cannot normalize a batch of one
         batch = random_warp(images[index], config.augment, generator)
+        batch = random_style(batch, config.augment, generator)  # MNIST lacks these; all off by default
         share = slice(cluster.rank, None, cluster.world_size)
         batch, index = batch[share].contiguous(memory_format=torch.channels_last), index[share]
         logits, loss = training_loss(model, batch, labels[index], config)
@@ -298,12 +294,12 @@ def train_one_epoch(
             if step % 20 == 0:  # reading the loss waits for a GPU; not every step
                 seen = progress.seen
                 bar.set_postfix(
-                    loss=f"{(progress.loss_sum + loss_sum.item()) / seen:.4f}",
+                    loss=f"{loss_sum.item() / seen:.4f}",
                     acc=f"{(progress.correct + correct.item()) / seen:.4f}",
                     lr=f"{optimizer.param_groups[0]['lr']:.1e}",
                     img_s=f"{seen / (progress.seconds + time.perf_counter() - start):.0f}",
                 )
-    progress.loss_sum += loss_sum.item()
+    progress.loss_sum = loss_sum.item()
     progress.correct += int(correct.item())
     progress.seconds += time.perf_counter() - start
     return finished
@@ -492,6 +488,7 @@ def fit(
     *,
     device: torch.device | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = tqdm.write,
     cluster: Cluster = SINGLE_PROCESS,
@@ -500,22 +497,32 @@ def fit(
     With config.val_fraction 0 there is no validation split, and the last epoch is kept.
 
     Ctrl-C or SIGTERM stops at the next batch, saves a resumable checkpoint and raises
-    TrainingInterrupted; `resume=True` continues from the checkpoint in `run_dir`. Under
-    torchrun (`cluster` from distributed.join) each process trains on its share of every
-    batch and only the main one prints and writes files.
+    TrainingInterrupted; `resume=True` continues from the checkpoint in `run_dir`. An earlier
+    run's files in `run_dir` are replaced only with `overwrite=True` (RunDirectoryError
+    otherwise), and `run_dir` is locked while training, against a second run writing there
+    (files.DirectoryBusy). Under torchrun (`cluster` from distributed.join) each process trains
+    on its share of every batch and only the main one prints and writes files.
     """
     if not cluster.is_main:
         log, progress = (lambda message: None), False
-    device = device or pick_device()
     run_dir = Path(run_dir)
-    state_path = run_dir / "checkpoint.safetensors"
-    if state_path.exists() and not resume:
-        raise MnistDigitsError(
-            f"{run_dir} already holds a training run. Pass --resume to continue it, "
-            "or choose another --out directory."
-        )
-    if resume and not state_path.exists():
-        raise MnistDigitsError(f"--resume: {state_path} does not exist; nothing to resume.")
+    with directory_lock(run_dir) if cluster.is_main else nullcontext():
+        resume = prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, log=log, remove=cluster.is_main)
+        return _fit(config, data, run_dir, device or pick_device(), resume, progress, log, cluster)
+
+
+def _fit(
+    config: TrainConfig,
+    data: Mnist,
+    run_dir: Path,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    cluster: Cluster,
+) -> FitResult:
+    """`fit` in a run directory that it has locked and checked."""
+    state_path = run_dir / CHECKPOINT
     if cluster.is_main:
         ensure_writable_dir(run_dir)  # fail now, not after the first epoch
 
@@ -577,11 +584,13 @@ def fit(
         for epoch in range(len(state.history) + 1, config.epochs + 1):
             if state.in_progress is None:
                 state.in_progress = EpochProgress(
-                    torch.randperm(len(train_labels), generator=state.generator)
+                    torch.randperm(len(train_labels), generator=state.generator),
+                    lr=optimizer.param_groups[0]["lr"],
                 )
             epoch_progress = state.in_progress
             epoch_progress.order = epoch_progress.order.to(device)
-            lr = optimizer.param_groups[0]["lr"]
+            # the rate the epoch began with, also when it resumes part way (one-cycle moves it every step)
+            lr = optimizer.param_groups[0]["lr"] if epoch_progress.lr is None else epoch_progress.lr
             bar = tqdm(
                 total=len(train_labels),
                 initial=epoch_progress.seen,
@@ -661,19 +670,22 @@ def fit(
                 continue
             if best_epoch == epoch:
                 checkpoint.save_model(
-                    run_dir / "model.safetensors",
+                    run_dir / MODEL,
                     kept,
                     {**metadata, "epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss},
                 )
             save_state(state_path, state, config.to_dict(), data_identity)
             history_lines = "".join(json.dumps(asdict(s)) + "\n" for s in state.history)
-            write_atomic(run_dir / "history.jsonl", history_lines.encode())
+            write_atomic(run_dir / HISTORY, history_lines.encode())
 
     distributed.barrier(cluster)  # the main process has written the files
-    best_model = checkpoint.load_model(run_dir / "model.safetensors", device).model
+    best_model = checkpoint.load_model(run_dir / MODEL, device).model
     return FitResult(
         best_model, state.history, best_epoch, best_val_accuracy, sum(s.seconds for s in state.history)
     )
+
+
+ENSEMBLE = "ensemble.safetensors"  # an ensemble run's joined networks, beside its member directories
 
 
 def fit_ensemble(
@@ -683,25 +695,48 @@ def fit_ensemble(
     size: int,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     log: Callable[[str], None] = tqdm.write,
     **options: Any,
 ) -> list[FitResult]:
     """Train `size` networks with seeds seed, seed+1, ... in run_dir/member0, member1, ...
 
     With `resume`, finished members are kept as they are, an interrupted one continues and
-    the rest start. `options` go to `fit` (device, progress, cluster).
+    the rest start. `overwrite` lets the ensemble replace an earlier one's files (with `resume`:
+    only a member's that has no checkpoint to resume). `options` go to `fit` (device, progress,
+    cluster). Every member's directory is checked before the first one trains.
     """
-    results = []
-    for i in range(size):
-        member_dir = Path(run_dir) / f"member{i}"
-        member = replace(config, seed=config.seed + i)
-        log(f"Ensemble member {i + 1} of {size} (seed {member.seed}) in {member_dir}")
-        again = resume and (member_dir / "checkpoint.safetensors").exists()
-        try:
-            results.append(fit(member, data, member_dir, resume=again, log=log, **options))
-        except TrainingInterrupted as e:  # resuming takes the whole ensemble's command, not the member's
-            raise TrainingInterrupted(f"ensemble member {i + 1} of {size} {e}") from e
-    return results
+    run_dir = Path(run_dir)
+    cluster: Cluster = options.get("cluster", SINGLE_PROCESS)
+    with directory_lock(run_dir) if cluster.is_main else nullcontext():
+        joined = run_dir / ENSEMBLE
+        if joined.exists() and not resume:
+            if not overwrite:
+                raise RunDirectoryError(
+                    f"{run_dir} already holds an ensemble ({ENSEMBLE}).",
+                    "Continue its training with {resume}, start it again in its place with {overwrite}, "
+                    "or choose {elsewhere}.",
+                )
+            if cluster.is_main:
+                joined.unlink(missing_ok=True)
+                log(f"Replacing the earlier ensemble in {run_dir}: removed {ENSEMBLE}.")
+        member_dirs = [run_dir / f"member{i}" for i in range(size)]
+        # a member that has written nothing yet starts, also when the ensemble resumes
+        again = [resume and bool(run_files(member_dir)) for member_dir in member_dirs]
+        for member_dir, member_resumes in zip(member_dirs, again, strict=True):
+            prepare_run_dir(member_dir, resume=member_resumes, overwrite=overwrite, log=log, remove=False)
+        results = []
+        for i, (member_dir, member_resumes) in enumerate(zip(member_dirs, again, strict=True)):
+            member = replace(config, seed=config.seed + i)
+            log(f"Ensemble member {i + 1} of {size} (seed {member.seed}) in {member_dir}")
+            try:
+                fitted = fit(
+                    member, data, member_dir, resume=member_resumes, overwrite=overwrite, log=log, **options
+                )
+            except TrainingInterrupted as e:  # resuming takes the whole ensemble's command, not the member's
+                raise TrainingInterrupted(f"ensemble member {i + 1} of {size} {e}") from e
+            results.append(fitted)
+        return results
 
 
 def held_out(networks: Sequence[dict[str, Any]], data: Mnist) -> Split:
@@ -806,9 +841,11 @@ def _parse_like(current: Any, text: str, setting: str) -> Any:
 
 
 __all__ = [
+    "ENSEMBLE",
     "RECIPES",
     "EpochStats",
     "FitResult",
+    "RunDirectoryError",
     "Split",
     "TrainConfig",
     "evaluate",

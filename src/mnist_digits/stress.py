@@ -1,0 +1,167 @@
+"""Stress sets: MNIST digits made to look like other people's, for validation.
+
+People's digits are not MNIST's: thin pens and thick markers, thresholded ink, slant, small
+scans that fill their frame. Each kind here turns (N, 28, 28) uint8 MNIST digits into images a
+person might hold, the same for a seed on every machine, and `prepare` reads them like anyone's
+image: through `predict`'s preprocessing. Build them from a model's held-out validation images
+(`train.held_out`, `evaluate --split val`) to choose anything by them, never from the test set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage as ndi
+
+from .augment import binarize, change_stroke_width, shear
+from .data import Split
+from .errors import MnistDigitsError
+from .preprocess import prepare_digit, stroke_width
+
+SEED = 0  # the stress sets' seed: fixed, so that every model is measured on the same images
+MARGIN = 6  # px of background around a 28x28 digit before it is changed: slant and ink never leave it
+THIN_WIDTH = 1.2  # px; thin: strokes redrawn this wide at full ink, half MNIST's median (2.4 px): a fine pen
+THIN_SCALE = 4  # thin strokes are cut at this many times the resolution, then averaged back down
+THICK_PX = 3.0  # px of stroke width added: 2.4 becomes 5.4, a marker's
+THRESHOLDS = (0.3, 0.7)  # binarized: each digit's threshold uniform in this range (0-1 gray)
+SHEAR = (0.25, 0.5)  # slanted: columns per row, uniform in this range (14-27 degrees), either way
+FRAME = 16  # px; the frame-filling kind's side, as postal (USPS) and form scans
+UCI_BITMAP = 32  # px; UCI's digits were 32x32 bitmaps...
+UCI_BLOCK = 4  # ...stored as the count of inked pixels in each 4x4 block: 8x8 values, 0-16
+UCI_MARGIN = 8  # px of background added around a UCI digit scaled back up to 32x32
+
+KINDS = {
+    "plain": "unchanged: the baseline, read through the same preprocessing as the others",
+    "thin": f"strokes {THIN_WIDTH:g} px wide in full ink (a fine pen on an image too small to thicken)",
+    "thick": f"strokes {THICK_PX:g} px wider (a marker)",
+    "binarized": f"thresholded to black and white at a level from {THRESHOLDS[0]} to {THRESHOLDS[1]}",
+    "slanted": f"sheared {SHEAR[0]}-{SHEAR[1]} columns per row, leaning either way",
+    "16x16": f"the ink's box scaled to fill a {FRAME}x{FRAME} frame, no margin (postal and form scans)",
+    "8x8": "UCI's format: a 32x32 bitmap counted in 4x4 blocks, scaled back up with a margin",
+}
+
+
+@dataclass(frozen=True)
+class StressSet:
+    """One kind of stress, read like anyone's images: the model's inputs and their labels."""
+
+    kind: str  # a key of KINDS
+    inputs: np.ndarray  # float32 (N, 28, 28), what the preprocessing made of each image
+    found: np.ndarray  # bool (N,): whether the preprocessing found ink (False: an empty input)
+    labels: np.ndarray  # int64 (N,)
+
+
+def stress_images(kind: str, images: np.ndarray, seed: int = SEED) -> list[np.ndarray]:
+    """The images a person might hold for MNIST digits (N, 28, 28) uint8, white on black, as `kind`."""
+    if kind not in KINDS:
+        raise MnistDigitsError(f"unknown stress kind {kind!r}; choose one of {', '.join(KINDS)}.")
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise MnistDigitsError(
+            f"stress sets are made from MNIST digits, (N, 28, 28) uint8; got {images.shape} {images.dtype}."
+        )
+    # One stream per kind: adding a kind, or asking for fewer, leaves the others' images as they were.
+    rng = np.random.default_rng([seed, list(KINDS).index(kind)])
+    n = len(images)
+    if kind == "plain":
+        return list(images)
+    if kind == "thin":
+        return [thin_strokes(image) for image in images]
+    if kind == "16x16":
+        return [fill_frame(image, FRAME) for image in images]
+    if kind == "8x8":
+        return [uci_as_image(counts) for counts in mnist_as_uci(images)]
+    padded = torch.from_numpy(np.pad(images, ((0, 0), (MARGIN, MARGIN), (MARGIN, MARGIN))))
+    batch = padded.unsqueeze(1).float() / 255
+    if kind == "thick":
+        batch = change_stroke_width(batch, torch.full((n,), THICK_PX))
+    elif kind == "binarized":
+        batch = binarize(batch, torch.from_numpy(rng.uniform(*THRESHOLDS, n)))
+    else:  # slanted
+        factors = rng.uniform(*SHEAR, n) * rng.choice([-1.0, 1.0], n)
+        batch = shear(batch, torch.from_numpy(factors))
+    return list((batch[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy())
+
+
+def prepare(user_images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Each image through `predict`'s preprocessing: model inputs (N, 28, 28), and whether ink was found."""
+    prepared = [prepare_digit(image) for image in user_images]
+    found = np.array([p is not None for p in prepared], dtype=bool)
+    inputs = [p.image if p is not None else np.zeros((28, 28), np.float32) for p in prepared]
+    return (np.stack(inputs) if inputs else np.zeros((0, 28, 28), np.float32)), found
+
+
+def stress_sets(split: Split, kinds: Sequence[str] = tuple(KINDS), seed: int = SEED) -> list[StressSet]:
+    """Each kind of stress made from `split`'s digits (a model's held-out validation images) and prepared."""
+    sets = []
+    for kind in kinds:
+        inputs, found = prepare(stress_images(kind, split.images, seed))
+        sets.append(StressSet(kind, inputs, found, split.labels.astype(np.int64)))
+    return sets
+
+
+def thin_strokes(image: np.ndarray, width: float = THIN_WIDTH) -> np.ndarray:
+    """A digit's strokes redrawn `width` px wide in full ink: its shape (brighter than half) at
+    THIN_SCALE times the size, eroded by the distance to the background, averaged back down.
+
+    Grayscale erosion alone would leave strokes faint rather than thin, and the preprocessing's
+    contrast stretch would make them wide again; a fine pen's ink is as dark as a marker's.
+    """
+    large = np.asarray(Image.fromarray(image).resize((28 * THIN_SCALE,) * 2, Image.Resampling.BILINEAR))
+    shape = large > 127
+    if not shape.any():
+        return image
+    depth = ndi.distance_transform_edt(np.pad(shape, 1))[1:-1, 1:-1]  # px to the background
+    # Erode to keep `width` of the typical stroke: strokes thinner than that already keep a core.
+    cut = max(0.0, (stroke_width(shape) - width * THIN_SCALE) / 2)
+    kept = (depth > cut) | (shape & (depth >= depth.max() * 0.999))  # the thickest core never vanishes
+    small = Image.fromarray(kept.astype(np.float32)).resize((28, 28), Image.Resampling.BOX)
+    return (np.asarray(small) * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def fill_frame(image: np.ndarray, side: int = FRAME) -> np.ndarray:
+    """A digit's ink box scaled, keeping its shape, until its longer side fills a side x side frame."""
+    rows, cols = np.nonzero(image)
+    frame = np.zeros((side, side), np.uint8)
+    if not len(rows):
+        return frame
+    box = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    scale = side / max(box.shape)
+    height, width = (min(side, max(1, round(length * scale))) for length in box.shape)
+    # Area-averaged, as a scanner's sensor sees it (no sharpening ring at this size).
+    scaled = np.asarray(Image.fromarray(box).resize((width, height), Image.Resampling.BOX))
+    top, left = (side - height) // 2, (side - width) // 2
+    frame[top : top + height, left : left + width] = scaled
+    return frame
+
+
+def mnist_as_uci(images: np.ndarray) -> np.ndarray:
+    """MNIST digits (N, 28, 28) uint8 put into UCI's format: the digit's box scaled, keeping its
+    shape, to fill a 32x32 bitmap (ink where brighter than half), then counted in 4x4 blocks:
+    (N, 8, 8), 0-16."""
+    cells = UCI_BITMAP // UCI_BLOCK
+    out = np.zeros((len(images), cells, cells), np.float32)
+    for i, image in enumerate(images):
+        rows, cols = np.nonzero(image > 127)
+        if not len(rows):
+            continue
+        box = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        scale = UCI_BITMAP / max(box.shape)
+        height, width = (max(1, round(length * scale)) for length in box.shape)
+        scaled = np.asarray(Image.fromarray(box).resize((width, height), Image.Resampling.BILINEAR)) > 127
+        bitmap = np.zeros((UCI_BITMAP, UCI_BITMAP), bool)
+        top, left = (UCI_BITMAP - height) // 2, (UCI_BITMAP - width) // 2
+        bitmap[top : top + height, left : left + width] = scaled
+        out[i] = bitmap.reshape(cells, UCI_BLOCK, cells, UCI_BLOCK).sum((1, 3))
+    return out
+
+
+def uci_as_image(counts: np.ndarray) -> np.ndarray:
+    """An 8x8 UCI digit as a grayscale image a person might hold: 32x32 plus a margin, white on black."""
+    gray = Image.fromarray((counts * (255 / UCI_BLOCK**2)).astype(np.uint8))
+    large = np.asarray(gray.resize((UCI_BITMAP, UCI_BITMAP), Image.Resampling.BICUBIC))
+    return np.pad(large, UCI_MARGIN)
