@@ -14,15 +14,18 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import platformdirs
-import torch
 
 from . import idx, pypi_mirror
 from .download import download
 from .errors import DataError, MnistDigitsError
 from .files import ensure_writable_dir, sha256_hex, write_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 ENV_VAR = "MNIST_DIGITS_DATA"
 
@@ -246,6 +249,8 @@ def split_validation(split: Split, fraction: float, seed: int) -> tuple[Split, S
 
 def to_tensors(split: Split, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Images as float32 in [0, 1] of shape (N, 1, 28, 28), labels as int64 (N,)."""
+    import torch  # here, so that finding and checking the data (and `--help`) loads no torch
+
     images = torch.from_numpy(np.array(split.images)).to(device)  # a writable copy
     images = images.unsqueeze(1).float().div_(255.0)
     return images, torch.from_numpy(split.labels.astype(np.int64)).to(device)

@@ -2,7 +2,7 @@
 PIL images or arrays and returns one typed result per input, including for inputs that fail.
 
     from mnist_digits import load_model
-    model = load_model()                      # the shipped reference model, on the CPU
+    model = load_model()                      # the shipped best model, on the CPU
     [p] = model.predict("seven.jpg")          # p.digit, p.probability, p.top3, p.uncertain
     [n] = model.read_number("year.png")       # n.text == "2026", n.digits[i].probability
 """
@@ -25,11 +25,16 @@ from .errors import InputError
 from .export import OnnxModel
 from .files import ensure_writable_dir, write_atomic
 from .preprocess import DEFAULT_CONFIG, PreparedDigit, PreprocessConfig, prepare_digit, segment_digits
+from .pretrained import DEFAULT_MODEL
 
 ImageInput: TypeAlias = str | Path | bytes | Image.Image | np.ndarray  # one image; bytes: a file's
-DEFAULT_THRESHOLD = 0.80  # below this probability an answer is marked uncertain (see README)
+DEFAULT_THRESHOLD = 0.80  # below this probability an answer is marked uncertain (docs/predicting.md)
 NO_DIGIT = "no digit found"
 BATCH_SIZE = 512  # images per forward pass
+# An MNIST-format image holds a digit when its bright half (pixels above the middle of its range)
+# is at least this many pixels (MNIST's smallest digit has 15)...
+MIN_INK_PIXELS = 10
+MAX_INK_SHARE = 0.6  # ...and at most this share of the field (MNIST's digits cover at most 40%)
 
 
 @dataclass(frozen=True)
@@ -187,11 +192,29 @@ class Recognizer:
         inputs = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
         if inputs.ndim != 3 or inputs.shape[1:] != (28, 28):
             raise InputError(f"MNIST-format pixels must be (N, 28, 28); these are {inputs.shape}.")
-        probs = self.probabilities(inputs)
+        found = self._holds_a_digit(inputs)
+        probs = iter(self.probabilities(inputs[found]) if found.any() else [])
         return [
-            _prediction(f"image {i}", p, x, threshold)
-            for i, (p, x) in enumerate(zip(probs, inputs, strict=True))
+            _prediction(f"image {i}", next(probs), x, threshold)
+            if found[i]
+            else Prediction.failure(f"image {i}", NO_DIGIT)
+            for i, x in enumerate(inputs)
         ]
+
+    def _holds_a_digit(self, inputs: np.ndarray) -> np.ndarray:
+        """(N,) bool for (N, 28, 28) inputs in [0, 1]: not blank, uniform, nearly empty or ink all over.
+
+        The model answers anything confidently, a black square included: these get NO_DIGIT, as a
+        blank photo does in the preprocessing.
+        """
+        flat = np.nan_to_num(inputs.reshape(len(inputs), -1))
+        top, bottom = flat.max(1, initial=0.0), flat.min(1, initial=1.0)
+        ink = (flat > ((top + bottom) / 2)[:, None]).sum(1)
+        return (
+            (top - bottom >= self.config.min_contrast)
+            & (ink >= MIN_INK_PIXELS)
+            & (ink <= MAX_INK_SHARE * flat.shape[1])
+        )
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """Class probabilities (N, 10) for model inputs (N, 28, 28): floats in [0, 1], white on black.
@@ -228,20 +251,20 @@ RUNTIMES = ("torch", "onnx")
 
 
 def load_model(
-    name_or_path: str | Path = "reference",
+    name_or_path: str | Path = DEFAULT_MODEL,
     device: torch.device | str = "cpu",
     threshold: float = DEFAULT_THRESHOLD,
     *,
     tta: bool = False,
     runtime: str = "torch",
 ) -> Recognizer:
-    """A Recognizer for a shipped model ('reference'), a .safetensors model or ensemble file, or
+    """A Recognizer for a shipped model (by default 'best'), a .safetensors model or ensemble file, or
     an .onnx file. device 'auto' picks CUDA; tta averages over a few warped views of each input;
     runtime 'onnx' runs the network with ONNX Runtime (a model file is exported once and cached).
     """
+    from .device import pick_device
     from .ensemble import as_ensemble
     from .pretrained import load
-    from .train import pick_device
 
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime {runtime!r}; choose torch or onnx.")
