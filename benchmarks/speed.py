@@ -30,10 +30,11 @@ import torch
 from machine import cpu_name  # benchmarks/machine.py
 
 from mnist_digits import data, pretrained
+from mnist_digits.device import pick_device
 from mnist_digits.evaluate import evaluate_model
-from mnist_digits.model import DigitNet, forward_flops
+from mnist_digits.model import DigitNet, forward_flops, predict_logits
 from mnist_digits.resume import EpochProgress
-from mnist_digits.train import TrainConfig, fit, pick_device, predict_logits, recipe, train_one_epoch
+from mnist_digits.train import TrainConfig, fit, recipe, train_one_epoch
 
 # Dense (non-tensor-core) fp32 and bf16 tensor-core peaks, TFLOP/s, from the vendors' sheets.
 GPU_PEAKS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0), "L4": (30.3, 121.0)}

@@ -258,6 +258,7 @@ def test_styles_are_reproducible_from_a_seed_and_vary_between_images():
     assert not torch.equal(same_input[0], same_input[1])  # each image its own strengths
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_styles_on_a_gpu_give_the_cpu_batch():
     images = _digit_like(32)

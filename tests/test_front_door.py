@@ -131,14 +131,18 @@ def test_models_says_which_model_each_command_uses(capsys):
     assert models["ensemble"]["default_for"] == "" and models["best"]["latency_ms"] is None
 
 
-def test_the_command_line_asks_openmp_to_wait_passively_unless_told_otherwise():
+def test_training_asks_openmp_to_wait_passively_unless_told_otherwise(tmp_path):
     code = (
-        "import os, sys\nfrom mnist_digits.cli import main\nmain(['models', '--json', '--no-latency'])\n"
-        "print(os.environ['OMP_WAIT_POLICY'], file=sys.stderr)"
+        "import os, sys\nfrom mnist_digits.cli import main\n"
+        "code = main(sys.argv[1:])\nprint(code, os.environ.get('OMP_WAIT_POLICY'), file=sys.stderr)"
     )
+    train = ["train", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert done.stderr.strip() == "PASSIVE"
-    env["OMP_WAIT_POLICY"] = "ACTIVE"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert done.stderr.strip() == "ACTIVE"
+
+    def policy(argv: list[str], env: dict[str, str]) -> str:
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
+        return done.stderr.strip().splitlines()[-1]
+
+    assert policy(train, env) == "1 PASSIVE"  # set before the data (and torch) were looked at
+    assert policy(train, {**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "1 ACTIVE"
+    assert policy(["models", "--json", "--no-latency"], env) == "0 None"  # inference keeps spinning threads

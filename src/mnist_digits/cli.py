@@ -448,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _share_the_cpu_politely()
+    if args.command == "train":
+        _share_the_cpu_politely()
     handler = {
         "data": cmd_data,
         "summary": cmd_summary,
@@ -476,9 +477,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _share_the_cpu_politely() -> None:
-    """OpenMP threads that sleep while they wait rather than spin, unless the user chose: on a machine
-    where another job holds a core, spinning threads fight it and training slows by tens of times
-    (benchmarks/shared_cpu.py). Read by OpenMP when torch loads, so this comes before any torch import."""
+    """For training, OpenMP threads that sleep while they wait rather than spin, unless the user chose:
+    where another job holds a core, spinning threads fight it (benchmarks/shared_cpu.py). Not for
+    inference, where waking sleeping threads slows each small forward pass. Read by OpenMP when torch
+    loads, so this comes before any torch import."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -865,8 +867,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("  ".join(cells).rstrip())
     print(
         "\nMNIST test: the official 10,000 test images. Other writers: the 1,797 UCI digits of 43 people "
-        "outside MNIST\n(benchmarks/outside_mnist.py). Latency: one 28x28 image on this machine's CPU, "
-        "median of 30, measured now."
+        "outside MNIST\n(benchmarks/outside_mnist.py). Latency: one 28x28 image on one thread of this "
+        "machine's CPU,\nmedian of 30, measured now."
     )
     return EXIT_OK
 

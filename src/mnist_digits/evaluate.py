@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import Split, to_tensors
-from .model import NUM_CLASSES
-from .train import predict_logits
+from .model import NUM_CLASSES, predict_logits
 
 
 @dataclass(frozen=True)

@@ -280,3 +280,15 @@ def forward_flops(model: nn.Module) -> int:
             x = y
     model.train(was_training)
     return flops
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Logits (N, 10) for float images (N, 1, 28, 28), in eval mode, batch by batch: the one forward
+    pass that validation, evaluation and prediction share."""
+    model.eval()
+    outputs = [
+        model(images[i : i + batch_size].contiguous(memory_format=torch.channels_last))
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(outputs) if outputs else torch.zeros(0, NUM_CLASSES)

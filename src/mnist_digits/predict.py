@@ -221,7 +221,7 @@ class Recognizer:
 
         This skips the preprocessing: it is for inputs that went through it, or are MNIST's format.
         """
-        from .train import predict_logits
+        from .model import predict_logits
 
         batch = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).unsqueeze(1)
         if isinstance(self.model, OnnxModel):

@@ -32,7 +32,7 @@ from .device import pick_device
 from .distributed import SINGLE_PROCESS, Cluster
 from .errors import MnistDigitsError, TrainingInterrupted
 from .files import directory_lock, ensure_writable_dir, write_atomic
-from .model import DigitNet, ModelConfig
+from .model import DigitNet, ModelConfig, predict_logits
 from .resume import (
     CHECKPOINT,
     HISTORY,
@@ -341,17 +341,6 @@ def sharpness_aware_gradients(
             p.copy_(w)
         for b, kept in zip(model.buffers(), statistics, strict=True):
             b.copy_(kept)
-
-
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Logits (N, 10) for float images (N, 1, 28, 28), in eval mode, batch by batch."""
-    model.eval()
-    outputs = [
-        model(images[i : i + batch_size].contiguous(memory_format=torch.channels_last))
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(outputs) if outputs else torch.zeros(0, 10)
 
 
 def evaluate(
