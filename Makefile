@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 train: $(STAMP)
 	$(BIN)/mnist-digits train --recipe reference --out runs/reference
 
-## The fast test suite (a few minutes on 2 CPU cores).
+## The fast test suite (about 10 minutes on 2 CPU cores).
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
