@@ -234,10 +234,18 @@ def summarize(model: DigitNet) -> ModelSummary:
             layers.append(LayerSummary(name, type(layer).__name__, tuple(x.shape[1:]), params))
     model.train(was_training)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    non_trainable = sum(
-        b.numel() for n, b in model.named_buffers() if n.rsplit(".", 1)[-1].startswith("running")
-    )
+    non_trainable = running_statistics(model)
     return ModelSummary(layers, trainable + non_trainable, trainable, non_trainable)
+
+
+def running_statistics(model: nn.Module) -> int:
+    """BatchNorm's running means and variances: Keras' non-trainable parameters."""
+    return sum(b.numel() for n, b in model.named_buffers() if n.rsplit(".", 1)[-1].startswith("running"))
+
+
+def keras_parameter_count(model: nn.Module) -> int:
+    """Weights plus BatchNorm's running statistics, as Keras' summary counts them (networks or ensembles)."""
+    return sum(p.numel() for p in model.parameters()) + running_statistics(model)
 
 
 def format_summary(summary: ModelSummary) -> str:

@@ -74,6 +74,8 @@ class ShippedModel:
 
 def catalog(measure_latency: bool = True, repeats: int = 30) -> list[ShippedModel]:
     """Every shipped model with its size and recorded accuracies; optionally timed on this CPU."""
+    from .model import keras_parameter_count
+
     models = []
     for name, path in available().items():
         loaded = load(name)
@@ -98,14 +100,6 @@ DEFAULT_FOR = {
     DEFAULT_MODEL: "predict, serve, evaluate, report, export, load_model()",
     REFERENCE_MODEL: "train, summary",
 }
-
-
-def keras_parameter_count(model: torch.nn.Module) -> int:
-    """Weights plus BatchNorm's running mean and variance, as Keras' summary counts them."""
-    statistics = sum(
-        b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var"))
-    )
-    return sum(p.numel() for p in model.parameters()) + statistics
 
 
 def _latency_ms(model: torch.nn.Module, repeats: int) -> float:

@@ -26,7 +26,7 @@ from .api_errors import ERROR_RESPONSES, ApiError, install_error_handlers
 from .errors import MnistDigitsError
 from .feedback import FeedbackStore
 from .http_guard import HEAD_LIMIT_BYTES, RequestGuard, guarded_protocol, is_loopback
-from .pretrained import DEFAULT_MODEL, keras_parameter_count
+from .pretrained import DEFAULT_MODEL
 from .uploads import Inputs, each_image, parse_json, read_inputs
 
 if TYPE_CHECKING:
@@ -399,6 +399,7 @@ def _shown_file(model: str, path: Path | None) -> str:
 def _parameter_count(recognizer: Recognizer) -> int:
     """As `mnist-digits models` counts them: weights plus BatchNorm's running statistics; 0 for ONNX."""
     from .export import OnnxModel
+    from .model import keras_parameter_count
 
     if isinstance(recognizer.model, OnnxModel):
         return 0
