@@ -49,6 +49,7 @@ class Prediction:
     input: np.ndarray | None = field(default=None, repr=False, compare=False)  # (28, 28) the model saw
     error: str | None = None  # NO_DIGIT, or why the input could not be read
     note: str | None = None  # a caveat, e.g. that the image seems to hold several digits
+    probabilities: np.ndarray | None = field(default=None, repr=False, compare=False)  # (10,), all digits
 
     @classmethod
     def failure(cls, source: str, error: str) -> Prediction:
@@ -329,7 +330,7 @@ def _prediction(source: str, probs: np.ndarray, image: np.ndarray, threshold: fl
     order = np.argsort(probs)[::-1][:3]
     top3 = tuple((int(d), float(probs[d])) for d in order)
     digit, probability = top3[0]
-    return Prediction(source, digit, probability, top3, probability < threshold, image)
+    return Prediction(source, digit, probability, top3, probability < threshold, image, probabilities=probs)
 
 
 # --- presenting results: the CLI prints these strings -----------------------------------------

@@ -49,6 +49,7 @@ PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 T = TypeVar("T")
+P = TypeVar("P", bound=schemas.Prediction)  # an answer for one digit: Prediction or NumberDigit
 MAX_NUMBER_DIGITS = 32  # most digits /api/read-number answers for one image (each carries its 784 pixels)
 
 
@@ -314,11 +315,7 @@ def _recognize(recognizer: Recognizer, inputs: Inputs, config: ServeConfig) -> l
             return recognizer.predict_pixels(image[None])[0]
         return recognizer.predict(image)[0]
 
-    readings = _each_image(inputs, config, recognizer, read)
-    # A Prediction carries the top three digits; the page's bars show all ten: one more batched pass.
-    found = [r.input for r in readings if r.input is not None]
-    probabilities = iter(recognizer.probabilities(np.stack(found)) if found else [])
-    return [_answer(r, next(probabilities) if r.input is not None else None) for r in readings]
+    return [_answer(r, schemas.Prediction) for r in _each_image(inputs, config, recognizer, read)]
 
 
 def _read_numbers(recognizer: Recognizer, inputs: Inputs, config: ServeConfig) -> list[schemas.NumberReading]:
@@ -335,15 +332,13 @@ def _read_numbers(recognizer: Recognizer, inputs: Inputs, config: ServeConfig) -
         )
         for reading in _each_image(inputs, config, recognizer, lambda image: recognizer.read_number(image)[0])
     ]
-    found = [d.input for r in readings for d in r.digits if d.input is not None]
-    probabilities = iter(recognizer.probabilities(np.stack(found)) if found else [])
     return [
         schemas.NumberReading(
             number=r.text,
             confidence=r.probability,
             uncertain=r.uncertain,
             digits=[
-                schemas.NumberDigit(**_answer(d, next(probabilities)).model_dump(), box=list(box))
+                _answer(d, schemas.NumberDigit, box=list(box))
                 for d, box in zip(r.digits, r.boxes, strict=True)
             ],
             error=r.error,
@@ -364,9 +359,12 @@ def _each_image(
     )
 
 
-def _answer(reading: Prediction, probabilities: np.ndarray | None) -> schemas.Prediction:
+def _answer(reading: Prediction, kind: type[P], **extra: Any) -> P:
+    """The API's answer for one reading (or, with `kind` NumberDigit and its `box`, one digit of a number)."""
     seen = None if reading.input is None else np.rint(np.clip(reading.input, 0, 1) * 255).astype(np.uint8)
-    return schemas.Prediction(
+    probabilities = reading.probabilities
+    return kind(
+        **extra,
         digit=reading.digit,
         confidence=reading.probability,
         uncertain=reading.uncertain,
