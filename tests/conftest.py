@@ -50,7 +50,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
-    if skipped:
+    if (
+        skipped and session.exitstatus == pytest.ExitCode.OK
+    ):  # a failure, Ctrl-C or usage error keeps its code
         print(f"\n{len(skipped)} test(s) skipped under {NO_SKIPS_VAR}=1; each is a path left untested:")
         for report in skipped:
             print(f"  {report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else ''}")
