@@ -70,8 +70,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
-        if any(error.get("type") == "json_invalid" for error in e.errors()):
-            return error_response(400, "invalid_json", "The body is not valid JSON.")
         problems = "; ".join(_describe(error) for error in e.errors()[:5])
         return error_response(422, "invalid_request", f"The request does not fit the schema: {problems}.")
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 from typing import TYPE_CHECKING
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .api_errors import error_bytes, send_error
+from .api_errors import LOG, error_bytes, send_error
 
 if TYPE_CHECKING:
     import h11
@@ -22,7 +21,6 @@ DRAIN_SECONDS = 2.0  # s; the most time spent draining a body already known to b
 HEAD_LIMIT_BYTES = 16 * 2**10  # largest request line and headers together (h11's default, made explicit)
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 SAFE_METHODS = ("GET", "HEAD")  # requests that change nothing and cost little: allowed from any origin
-LOG = logging.getLogger("uvicorn.error")  # where uvicorn writes its own errors, at the server's log level
 
 
 def is_loopback(host: str) -> bool:
