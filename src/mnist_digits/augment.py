@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import MnistDigitsError
+from .model import is_number
 
 GAP_SIDE = 3  # px; each ink gap blanks a square this wide, wider than MNIST's median stroke (2.4 px)
 SPECK_SIDE = 2  # px; each speck is a square dot this wide
@@ -100,11 +101,11 @@ class AugmentConfig:
         defaults = {f.name: f.default for f in fields(self)}
         for probability, strength in STYLES:
             value = getattr(self, probability)
-            if not _is_number(value) or not _PROBABILITY[0](value):
+            if not is_number(value) or not _PROBABILITY[0](value):
                 raise MnistDigitsError(f"augment.{probability} {value!r}: give {_PROBABILITY[1]}.")
             value, (valid, what) = getattr(self, strength), _STRENGTHS[strength]
             whole = isinstance(defaults[strength], int)
-            if not _is_number(value) or (whole and not isinstance(value, int)) or not valid(value):
+            if not is_number(value) or (whole and not isinstance(value, int)) or not valid(value):
                 raise MnistDigitsError(
                     f"augment.{strength} {value!r}: give {what}, such as {defaults[strength]}."
                 )
@@ -177,10 +178,6 @@ def elastic_field(
     # Pixels to affine_grid's normalized units, where the width and the height span 2.
     scale = torch.tensor([2 / width, 2 / height], dtype=images.dtype, device=images.device)
     return blurred.permute(0, 2, 3, 1) * config.elastic * scale
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # --- styles MNIST lacks -------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from safetensors.torch import save as save_bytes
 from . import __version__
 from .errors import CheckpointError, MnistDigitsError
 from .files import write_atomic
-from .model import DigitNet, ModelConfig
+from .model import DigitNet, ModelConfig, is_whole, shown
 
 FORMAT = "mnist-digits/1"  # bump when the layout of the file changes
 MODEL_PREFIX = "model."
@@ -131,7 +131,7 @@ def _read_stored(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     fields = header.get("__metadata__") or {}
     if fields.get("format") != FORMAT:
         raise CheckpointError(
-            f"{path}: not an mnist-digits model file (format {_shown(fields.get('format'))}, expected "
+            f"{path}: not an mnist-digits model file (format {shown(fields.get('format'))}, expected "
             f"{FORMAT!r}); give a file written by `mnist-digits train`, `join`, or a shipped model's name."
         )
     metadata = _metadata(fields, path)
@@ -180,20 +180,18 @@ def _safetensors_header(raw: bytes) -> dict[str, Any]:
                 raise ValueError("its __metadata__ is not an object of strings")
             continue
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise ValueError(f"tensor {_shown(name)} is not described by dtype, shape and data_offsets")
+            raise ValueError(f"tensor {shown(name)} is not described by dtype, shape and data_offsets")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
-            raise ValueError(
-                f"tensor {_shown(name)} has dtype {_shown(dtype)}, which these files do not hold"
-            )
-        if not isinstance(shape, list) or len(shape) > 8 or not all(_whole(d) and d >= 0 for d in shape):
-            raise ValueError(f"tensor {_shown(name)} has shape {_shown(shape)}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_whole(o) for o in offsets)):
-            raise ValueError(f"tensor {_shown(name)} has data_offsets {_shown(offsets)}")
+            raise ValueError(f"tensor {shown(name)} has dtype {shown(dtype)}, which these files do not hold")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(is_whole(d) and d >= 0 for d in shape):
+            raise ValueError(f"tensor {shown(name)} has shape {shown(shape)}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_whole(o) for o in offsets)):
+            raise ValueError(f"tensor {shown(name)} has data_offsets {shown(offsets)}")
         begin, end = offsets
         if not 0 <= begin <= end <= data_length or end - begin != math.prod(shape) * DTYPE_SIZES[dtype]:
             raise ValueError(
-                f"tensor {_shown(name)} of shape {_shown(shape)} does not fit its bytes {begin}-{end}"
+                f"tensor {shown(name)} of shape {shown(shape)} does not fit its bytes {begin}-{end}"
             )
         spans.append((begin, end))
     position = 0
@@ -220,7 +218,7 @@ def _metadata(fields: dict[str, str], path: Path) -> dict[str, Any]:
         )
     recorded = fields.get(CHECKSUM_KEY)
     if recorded is not None and (len(recorded) != 64 or set(recorded) - set("0123456789abcdef")):
-        raise CheckpointError(f"{path}: its {CHECKSUM_KEY} {_shown(recorded)} is not a sha256; {DAMAGED}")
+        raise CheckpointError(f"{path}: its {CHECKSUM_KEY} {shown(recorded)} is not a sha256; {DAMAGED}")
     problem = metadata_problem(metadata)
     if problem:
         raise CheckpointError(f"{path}: {problem}; {DAMAGED}")
@@ -232,16 +230,12 @@ def _metadata(fields: dict[str, str], path: Path) -> dict[str, Any]:
 # kept as they are (a newer version's additions, or notes of one's own).
 
 
-def _whole(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _count(value: object) -> str:
-    return "" if _whole(value) and value >= 0 else "not a whole number of 0 or more"
+    return "" if is_whole(value) and value >= 0 else "not a whole number of 0 or more"
 
 
 def _accuracy(value: object) -> str:
@@ -313,19 +307,19 @@ _EPOCH: dict[str, Callable[[object], str]] = {
     "seconds": _seconds,
     "images_per_second": _real,
 }
-_EPOCH_REQUIRED = 6
+_EPOCH_OPTIONAL = frozenset({"seconds", "images_per_second"})
 
 
 def _history(value: object) -> str:
     if not isinstance(value, list) or _list_of_objects(value):
         return "not a list of epochs"
     for i, epoch in enumerate(value):
-        for j, (name, check) in enumerate(_EPOCH.items()):
+        for name, check in _EPOCH.items():
             if name not in epoch:
-                if j < _EPOCH_REQUIRED:
+                if name not in _EPOCH_OPTIONAL:
                     return f"epoch {i + 1} lacks {name}"
             elif problem := check(epoch[name]):
-                return f"epoch {i + 1}'s {name} {_shown(epoch[name])} is {problem}"
+                return f"epoch {i + 1}'s {name} {shown(epoch[name])} is {problem}"
     return ""
 
 
@@ -333,8 +327,8 @@ def _train_config(value: object) -> str:
     if not isinstance(value, dict):
         return "not a JSON object"
     for name, check in (("recipe", _text), ("seed", _count), ("model", _object), ("augment", _object)):
-        if name in value and check(value[name]):
-            return f"{name} {_shown(value[name])}: {check(value[name])}"
+        if name in value and (problem := check(value[name])):
+            return f"{name} {shown(value[name])}: {problem}"
     if "model" in value:
         return _model_config(value["model"])
     return ""
@@ -377,7 +371,7 @@ def metadata_problem(metadata: dict[str, Any], where: str = "") -> str:
             if problem and name in _NESTED:
                 return f"its {where}{name} is wrong: {problem}"
             if problem:
-                return f"its {where}{name} {_shown(metadata[name])} is {problem}"
+                return f"its {where}{name} {shown(metadata[name])} is {problem}"
     for i, member in enumerate(metadata.get("members") or []):
         if "members" in member:
             return f"its members[{i}] is an ensemble itself"
@@ -385,11 +379,6 @@ def metadata_problem(metadata: dict[str, Any], where: str = "") -> str:
         if problem:
             return problem
     return ""
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -405,17 +394,23 @@ def save_model(path: Path, model: DigitNet, metadata: dict[str, Any]) -> None:
 def build_model(tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path: Path) -> DigitNet:
     """Rebuild the network from its stored config and load the weights, strictly; the weights are
     checked against the config before any layer is built."""
-    config = stored_config(metadata, path)
+    return _built(*_checked(tensors, metadata, path))
+
+
+def _checked(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, Any], path: Path, which: str = ""
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """One network's config and its weights (prefix removed), checked against each other."""
+    config = stored_config(metadata, path, which)
     weights = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-    check_weights(weights, config, path)
+    check_weights(weights, config, path, which)
+    return config, weights
+
+
+def _built(config: ModelConfig, weights: dict[str, torch.Tensor]) -> DigitNet:
+    """The network, with weights check_weights has already matched to its config name by name."""
     model = DigitNet(config)
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0:2]
-        raise CheckpointError(
-            f"{path}: the weights do not fit the architecture in its metadata: {' '.join(first)}"
-        ) from e
+    model.load_state_dict(weights, strict=True)
     return model
 
 
@@ -559,12 +554,12 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
     stray = sorted(k for k in tensors if not k.startswith(tuple(prefixes)))
     if stray:
         raise CheckpointError(f"{path}: holds {stray[0]}, a tensor of no network of the ensemble; {DAMAGED}")
-    parts = []
+    parts = []  # every network checked before the first is built
     for i, (member, prefix) in enumerate(zip(members, prefixes, strict=True)):
-        which = f" of network {i + 1}"
-        config = stored_config(member, path, which)
         own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        check_weights({k[len(MODEL_PREFIX) :]: v for k, v in own.items()}, config, path, which)
-        parts.append((own, member))
-    model = Ensemble([build_model(own, member, path) for own, member in parts])
+        odd = sorted(k for k in own if not k.startswith(MODEL_PREFIX))
+        if odd:
+            raise CheckpointError(f"{path}: holds {prefix}{odd[0]}, a tensor of no network; {DAMAGED}")
+        parts.append(_checked(own, member, path, f" of network {i + 1}"))
+    model = Ensemble([_built(config, weights) for config, weights in parts])
     return LoadedModel(model.to(device).eval(), metadata, path)

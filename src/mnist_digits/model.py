@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -39,37 +40,37 @@ class ModelConfig:
         if (
             not isinstance(channels, tuple)
             or len(channels) != 3
-            or not all(_is_int(c) and 1 <= c <= MAX_WIDTH for c in channels)
+            or not all(is_whole(c) and 1 <= c <= MAX_WIDTH for c in channels)
         ):
             raise MnistDigitsError(
-                f"channels {_shown(channels)}: give three whole numbers from 1 to {MAX_WIDTH:,}, "
+                f"channels {shown(channels)}: give three whole numbers from 1 to {MAX_WIDTH:,}, "
                 "such as (32, 64, 128) (the reference)."
             )
-        if not _is_int(self.hidden) or not 1 <= self.hidden <= MAX_WIDTH:
+        if not is_whole(self.hidden) or not 1 <= self.hidden <= MAX_WIDTH:
             raise MnistDigitsError(
-                f"hidden {_shown(self.hidden)}: give a whole number of units from 1 to {MAX_WIDTH:,}, "
+                f"hidden {shown(self.hidden)}: give a whole number of units from 1 to {MAX_WIDTH:,}, "
                 "such as 128."
             )
         for name in ("dropout_first", "dropout"):
             value = getattr(self, name)
-            if not _is_number(value) or not 0.0 <= value < 1.0:
-                raise MnistDigitsError(f"{name} {_shown(value)}: give a probability from 0 to below 1.")
-        if not _is_number(self.bn_momentum) or not 0.0 <= self.bn_momentum <= 1.0:
-            raise MnistDigitsError(f"bn_momentum {_shown(self.bn_momentum)}: give a number from 0 to 1.")
-        if not _is_number(self.bn_eps) or not 0.0 < self.bn_eps <= 1.0:
+            if not is_number(value) or not 0.0 <= value < 1.0:
+                raise MnistDigitsError(f"{name} {shown(value)}: give a probability from 0 to below 1.")
+        if not is_number(self.bn_momentum) or not 0.0 <= self.bn_momentum <= 1.0:
+            raise MnistDigitsError(f"bn_momentum {shown(self.bn_momentum)}: give a number from 0 to 1.")
+        if not is_number(self.bn_eps) or not 0.0 < self.bn_eps <= 1.0:
             raise MnistDigitsError(
-                f"bn_eps {_shown(self.bn_eps)}: give a small positive number, such as 0.001."
+                f"bn_eps {shown(self.bn_eps)}: give a small positive number, such as 0.001."
             )
         if not isinstance(self.conv_batchnorm, bool):
-            raise MnistDigitsError(f"conv_batchnorm {_shown(self.conv_batchnorm)}: give true or false.")
+            raise MnistDigitsError(f"conv_batchnorm {shown(self.conv_batchnorm)}: give true or false.")
         if (
-            not _is_int(self.kernel)
+            not is_whole(self.kernel)
             or self.kernel < 1
             or self.kernel % 2 == 0
             or feature_side(self.kernel) < 1
         ):
             raise MnistDigitsError(
-                f"kernel {_shown(self.kernel)}: give an odd size from 1 to 13, such as 3 (the reference), "
+                f"kernel {shown(self.kernel)}: give an odd size from 1 to 13, such as 3 (the reference), "
                 "5 or 7."
             )
 
@@ -81,7 +82,7 @@ class ModelConfig:
         """The config a file stored; MnistDigitsError naming the field that is missing, unknown or
         out of range. Fields added after the first version (conv_batchnorm, kernel) default."""
         if not isinstance(values, dict):
-            raise MnistDigitsError(f"the model config is {_shown(values)}, not an object of its fields.")
+            raise MnistDigitsError(f"the model config is {shown(values)}, not an object of its fields.")
         known = {f.name for f in fields(cls)}
         unknown = sorted(str(k) for k in values if k not in known)
         if unknown:
@@ -98,18 +99,20 @@ class ModelConfig:
         return cls(**values)
 
 
-def _is_int(value: object) -> bool:
+def is_whole(value: object) -> TypeGuard[int]:
+    """An int that is not a bool (JSON's true and false are not numbers here)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     """A finite int or float; bools are not numbers here."""
     if isinstance(value, float):
         return math.isfinite(value)
-    return _is_int(value)  # ints are finite, and 10**400 would overflow math.isfinite
+    return is_whole(value)  # ints are finite, and 10**400 would overflow math.isfinite
 
 
-def _shown(value: object) -> str:
+def shown(value: object) -> str:
+    """A value as an error message quotes it: its repr, cut to 40 characters."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
