@@ -484,8 +484,10 @@ def _share_the_cpu_politely() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _load_data(args: argparse.Namespace) -> data.Mnist:
-    directory = data.locate(args.data_dir, verify=not args.no_verify, progress=_bars(), log=_stderr)
+def _load_data(args: argparse.Namespace, fetch: bool = True) -> data.Mnist:
+    directory = data.locate(
+        args.data_dir, fetch=fetch, verify=not args.no_verify, progress=_bars(), log=_stderr
+    )
     return data.load(directory, verify=not args.no_verify)
 
 
@@ -774,17 +776,16 @@ def cmd_export(args: argparse.Namespace) -> int:
             "MNIST is not on this machine: checking the export on generated digit-like images, "
             "calibrating int8 on them, and not measuring accuracy (`mnist-digits data --fetch` gets MNIST)."
         )
-        check, calibration, test = synthetic_digits(256), synthetic_digits(512, seed=1), None
+        check, test = synthetic_digits(256), None
+        calibration = synthetic_digits(512, seed=1) if args.int8 else None
         checked_on, calibrated_on = "generated", "generated"
     else:
         test_images, test_labels = (t.numpy() for t in data.to_tensors(mnist.test))
         test = (test_images, test_labels)
         check, checked_on, calibrated_on = test_images[:256], "test", "training"
         train = data.Split(mnist.train.images[:512], mnist.train.labels[:512])
-        calibration = data.to_tensors(train)[0].numpy()
-    exported = export_checked(
-        loaded.model, output, check, calibration=calibration if args.int8 else None, test=test
-    )
+        calibration = data.to_tensors(train)[0].numpy() if args.int8 else None
+    exported = export_checked(loaded.model, output, check, calibration=calibration, test=test)
     for file in exported:
         if file.difference is not None:
             print(
@@ -803,12 +804,9 @@ def _local_data(args: argparse.Namespace) -> data.Mnist | None:
     """MNIST if it is already on this machine (--data-dir, $MNIST_DIGITS_DATA or the cache), never
     fetched; a folder named explicitly must hold it."""
     try:
-        directory = data.locate(args.data_dir, fetch=False, verify=not args.no_verify, log=_stderr)
-    except MnistDigitsError:
-        if args.data_dir is not None or os.environ.get(data.ENV_VAR):
-            raise
+        return _load_data(args, fetch=False)
+    except data.NotCached:
         return None
-    return data.load(directory, verify=not args.no_verify)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 
 ENV_VAR = "MNIST_DIGITS_DATA"
 
+
+class NotCached(DataError):
+    """No folder was named and the user cache holds no verified MNIST, which was not to be fetched."""
+
+
 # sha256 of each decompressed file, and of the canonical .gz as the mirrors serve it.
 CANONICAL: dict[str, tuple[str, str]] = {
     "train-images-idx3-ubyte": (
@@ -170,7 +175,7 @@ def locate(
     if cache.is_dir() and not first_problem(inspect_dir(cache)):
         return cache
     if not fetch:
-        raise DataError(
+        raise NotCached(
             f"MNIST is not in {cache}. Run `mnist-digits data --fetch`, "
             f"or pass --data-dir / set {ENV_VAR} to a directory holding the four files."
         )
