@@ -69,8 +69,8 @@ def open_image(
         if width == 0 or height == 0:
             raise InputError(f"{name}: the image is empty ({width}x{height} pixels).")
         try:
-            if max_side and image.format in ("JPEG", "MPO"):
-                image.draft(None, (max_side, max_side))  # never smaller than max_side a side
+            if max_side:
+                reduce_on_decode(image, max_side)
             image.load()
             # exif_transpose returns a new, loaded image (a copy when there is nothing to turn).
             return ImageOps.exif_transpose(image)
@@ -241,3 +241,10 @@ def expand_paths(patterns: Sequence[str]) -> list[tuple[str, str | None]]:
 
 def _suffixes() -> str:
     return " ".join(sorted(IMAGE_SUFFIXES))
+
+
+def reduce_on_decode(image: Image.Image, max_side: int) -> None:
+    """Before decoding: a JPEG decodes at a reduced scale, never below `max_side` a side; other formats
+    at full size. The server's pixel budget reads the size this leaves, so both share this rule."""
+    if image.format in ("JPEG", "MPO"):
+        image.draft(None, (max_side, max_side))

@@ -176,8 +176,8 @@ def _decoded_pixels(name: str, content: bytes, max_pixels: int, max_side: int) -
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is below
             with Image.open(io.BytesIO(content), formats=images.SUPPORTED_FORMATS) as header:  # no pixels yet
                 pixels: int | None = header.width * header.height
-                if pixels and pixels <= max_pixels and header.format in ("JPEG", "MPO"):
-                    header.draft(None, (max_side, max_side))
+                if pixels and pixels <= max_pixels:
+                    images.reduce_on_decode(header, max_side)
                     pixels = header.width * header.height
     except Image.DecompressionBombError:
         pixels = None  # more than Pillow's own limit
