@@ -53,7 +53,7 @@ def measure(env: dict[str, str], images: int, data_dir: str | None, timeout: flo
         done = subprocess.run(
             [sys.executable, "-c", code],
             env={**child_env, **env},
-            capture_output=True,
+            stdout=subprocess.PIPE,  # the child's errors reach this terminal as they happen
             text=True,
             timeout=timeout,
             check=True,

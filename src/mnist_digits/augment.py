@@ -192,7 +192,8 @@ def random_style(
     Every random number is drawn on the CPU generator (so a seed gives the same batch on every
     device) and only for the styles that are on: with all of them off the images come back as
     they are and the generator is untouched. Every image is computed and the chosen ones kept
-    (torch.where), so nothing waits for a GPU.
+    (torch.where), so no count of chosen images is read back from a GPU; the random numbers are
+    copied to the images' device, as random_warp's are.
     """
     for probability, strength in STYLES:
         p = getattr(config, probability)
@@ -209,7 +210,7 @@ def _uniform(
     n: int, low: float, high: float, generator: torch.Generator | None, like: torch.Tensor
 ) -> torch.Tensor:
     """n numbers uniform in [low, high] in `like`'s dtype, drawn and kept on the CPU (the ops
-    move them to the images' device; their largest is read without waiting for a GPU)."""
+    copy them to the images' device; their largest is read on the CPU, not back from a GPU)."""
     return low + (high - low) * torch.rand(n, generator=generator).to(like.dtype)
 
 

@@ -220,7 +220,7 @@ def prepare_run_dir(
             log(f"Removed {_names(doomed)} from {run_dir}: left half-written by a run killed while saving.")
         else:
             log(f"Replacing the earlier run in {run_dir}: removed {_names(doomed)}.")
-    if resume and not resumes:
+    if resume and not resumes and remove:  # said once, by the call that goes ahead, not by a check
         log(f"Nothing to resume in {run_dir}: starting a new run.")
     return resumes
 
