@@ -1,6 +1,7 @@
 """Training and inference speed on this machine, against its peak.
 
-    python benchmarks/speed.py                  # table on stdout (about 6 minutes on 2 CPU cores)
+    python benchmarks/speed.py                  # table on stdout (about 6 minutes on 2 CPU cores,
+                                                # a few more with the Keras peer)
     python benchmarks/speed.py --json-out speed.json --skip-fast
 
 Training throughput runs the real training step of the reference recipe (data held as one
@@ -11,14 +12,21 @@ reference model with PyTorch and, when the [onnx] extra is installed, ONNX Runti
 int8). FLOP/s are counted from the model's convolutions and dense layers (a training step is
 about 3x a forward pass) and compared with the machine's peak, estimated from its cores,
 clock and vector width (or --peak-gflops).
+
+When TensorFlow is at hand (this interpreter, the repository's .venv-keras, or --keras-python),
+the same invocation then runs benchmarks/keras_peer.py, the notebook's Keras code, with the
+same threads, training slice and inference batch, and each comparable row shows Keras' number
+and how many times faster ours is.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,17 +35,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from machine import cpu_name  # benchmarks/machine.py
+from machine import cpu_flags, cpu_name, describe_cpu  # benchmarks/machine.py
 
 from mnist_digits import data, pretrained
 from mnist_digits.device import pick_device
 from mnist_digits.evaluate import evaluate_model
 from mnist_digits.model import DigitNet, forward_flops, predict_logits
+from mnist_digits.recipes import TrainConfig, recipe
 from mnist_digits.resume import EpochProgress
-from mnist_digits.train import TrainConfig, fit, recipe, train_one_epoch
+from mnist_digits.train import fit, train_one_epoch
 
 # Dense (non-tensor-core) fp32 and bf16 tensor-core peaks, TFLOP/s, from the vendors' sheets.
 GPU_PEAKS = {"H100": (67.0, 989.0), "H200": (67.0, 989.0), "A100": (19.5, 312.0), "L4": (30.3, 121.0)}
+HERE = Path(__file__).resolve().parent
+KERAS_VENV_PYTHON = HERE.parent / ".venv-keras" / "bin" / "python"
+KERAS_INSTALL = "python3.11 -m venv .venv-keras && .venv-keras/bin/pip install tensorflow-cpu scipy"
+KERAS_TIMEOUT = 3600  # seconds; the peer takes a few minutes at the default sizes on 2 cores
 
 
 @dataclass
@@ -48,6 +61,9 @@ class Result:
     torch: str
     peak_gflops: float  # fp32 peak of the device used, estimated
     rows: list[dict] = field(default_factory=list)  # one per measurement
+    cpu: str = ""  # model name and the notable flags it has and lacks
+    cpu_flags: list[str] = field(default_factory=list)  # of machine.NOTABLE_FLAGS
+    keras: dict | None = None  # keras_peer.py's output (versions, threads, rows), when it ran
 
 
 def cpu_peak_gflops(threads: int) -> float:
@@ -94,6 +110,7 @@ def measure_training(
     per_second = progress.seen / seconds
     return {
         "what": f"training, reference recipe (batch {config.batch_size}, augmentation, {precision})",
+        **({"peer": "training"} if precision == "fp32" else {}),  # Keras trains in fp32
         "images_per_second": per_second,
         "seconds_per_epoch": round(len(labels) * (1 - config.val_fraction)) / per_second,
         "gflops": per_second * 3 * forward_flops(model) / 1e9,
@@ -150,10 +167,11 @@ def measure_pytorch(model: torch.nn.Module, device: torch.device, args: argparse
     return [
         {
             "what": f"inference, PyTorch, batch {args.batch}",
+            "peer": "inference",
             "images_per_second": per_second,
             "gflops": per_second * flops / 1e9,
         },
-        {"what": "latency, PyTorch, 1 image", **latency},
+        {"what": "latency, PyTorch, 1 image", "peer": "latency", **latency},
     ]
 
 
@@ -189,6 +207,53 @@ def measure_onnx(model: torch.nn.Module, mnist: data.Mnist, args: argparse.Names
     return rows
 
 
+def keras_python(given: Path | None) -> Path | None:
+    """The interpreter for keras_peer.py: `given`, else this one if it has TensorFlow, else the
+    repository's .venv-keras; None when there is none."""
+    if given is not None:
+        return given
+    if importlib.util.find_spec("tensorflow") is not None:
+        return Path(sys.executable)
+    return KERAS_VENV_PYTHON if KERAS_VENV_PYTHON.is_file() else None
+
+
+def run_keras_peer(python: Path, data_dir: Path, threads: int, args: argparse.Namespace) -> dict | None:
+    """keras_peer.py's JSON, run with our threads, training slice and inference sizes; None (with
+    a note) when it fails. Its progress and errors reach the terminal as they happen."""
+    command = [str(python), str(HERE / "keras_peer.py"), "--data-dir", str(data_dir)]
+    command += ["--threads", str(threads), "--train-images", str(args.train_images), "--warmup-steps", "10"]
+    command += ["--batch", str(args.batch), "--repeats", str(args.repeats)]
+    command += ["--latency-calls", str(args.latency_calls)]
+    command += ["--skip-training"] if args.skip_training else []
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=KERAS_TIMEOUT, check=True)
+        return json.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, json.JSONDecodeError) as e:
+        print(f"Keras rows skipped: keras_peer.py under {python} failed ({e})", file=sys.stderr)
+        return None
+
+
+def compare_with_keras(rows: list[dict], keras: dict, forward_gflop: float) -> None:
+    """Give each of our rows that has a Keras peer the fastest Keras way's number and the speedup
+    (how many times faster ours is); Keras' rows get their GFLOP/s, counted from our model."""
+    for row in keras["rows"]:
+        if "images_per_second" in row:
+            passes = 3 if row["kind"] == "training" else 1  # a training step is about 3 forward passes
+            row["gflops"] = row["images_per_second"] * passes * forward_gflop
+    for row in rows:
+        peers = [peer for peer in keras["rows"] if peer["kind"] == row.get("peer")]
+        if not peers:
+            continue
+        if "images_per_second" in row:
+            best = max(peers, key=lambda peer: peer["images_per_second"])
+            row["keras"] = best["images_per_second"]
+            row["speedup"] = row["images_per_second"] / best["images_per_second"]
+        else:
+            best = min(peers, key=lambda peer: peer["p50_ms"])
+            row["keras"], row["speedup"] = best["p50_ms"], best["p50_ms"] / row["p50_ms"]
+        row["keras_what"] = best["what"]
+
+
 def run(args: argparse.Namespace) -> Result:
     device = pick_device(args.device)
     threads = torch.get_num_threads()
@@ -198,8 +263,10 @@ def run(args: argparse.Namespace) -> Result:
         machine, peak = f"{cpu_name()}, {os.cpu_count()} cores", cpu_peak_gflops(threads)
     if args.peak_gflops:
         peak = args.peak_gflops
-    result = Result(machine, str(device), threads, torch.__version__, peak)
-    mnist = data.load(data.locate(args.data_dir))
+    result = Result(machine, str(device), threads, torch.__version__, peak, cpu=describe_cpu())
+    result.cpu_flags = cpu_flags()
+    data_dir = data.locate(args.data_dir)
+    mnist = data.load(data_dir)
     model = pretrained.load("reference", device).model.to(memory_format=torch.channels_last)
     if not args.skip_training:
         result.rows.append(measure_training(mnist, device, args.train_images, warmup_steps=10))
@@ -212,32 +279,66 @@ def run(args: argparse.Namespace) -> Result:
         result.rows += measure_onnx(model, mnist, args)
     except ImportError as e:
         print(f"ONNX Runtime rows skipped ({e}); install the [onnx] extra for them", file=sys.stderr)
-    for row in result.rows:
+    if not args.skip_keras:
+        python = keras_python(args.keras_python)
+        if device.type != "cpu":
+            print(
+                "Keras rows skipped: keras_peer.py runs on the CPU; compare there with --device cpu",
+                file=sys.stderr,
+            )
+        elif python is None:
+            print(
+                f"Keras rows skipped: no TensorFlow here; install it with `{KERAS_INSTALL}`", file=sys.stderr
+            )
+        else:
+            result.keras = run_keras_peer(python, data_dir, threads, args)
+    if result.keras:
+        compare_with_keras(result.rows, result.keras, forward_flops(model) / 1e9)
+    for row in result.rows + (result.keras["rows"] if result.keras else []):
         if "gflops" in row:
             row["share_of_peak"] = row["gflops"] / peak
     return result
 
 
+def format_row(row: dict, keras_columns: bool) -> str:
+    """One measurement as a table line; '-' where it has no value."""
+
+    def cell(key: str, fmt: str, width: int) -> str:
+        return f"{format(row[key], fmt):>{width}}" if key in row else " " * (width - 1) + "-"
+
+    line = (
+        f"{row['what']:<55}{cell('images_per_second', ',.0f', 12)}{cell('seconds_per_epoch', '.1f', 9)}"
+        f"{cell('gflops', '.1f', 9)}{cell('share_of_peak', '.0%', 9)}{cell('p50_ms', '.3f', 8)}"
+        f"{cell('p99_ms', '.3f', 8)}"
+    )
+    if keras_columns:  # Keras' number is in the row's own unit: images/s, or p50 ms for latency
+        line += cell("keras", ",.0f" if "images_per_second" in row else ".3f", 10)
+        line += f"{row['speedup']:>8.2f}x" if "speedup" in row else cell("speedup", "", 9)
+    return line
+
+
 def format_table(result: Result) -> str:
+    keras = result.keras
     lines = [
         f"machine: {result.machine}; device {result.device}, {result.threads} threads, torch {result.torch}",
+        f"cpu: {result.cpu}",
         f"estimated fp32 peak: {result.peak_gflops:,.0f} GFLOP/s",
         "",
         f"{'measurement':<55}{'images/s':>12}{'s/epoch':>9}{'GFLOP/s':>9}{'of peak':>9}"
-        f"{'p50 ms':>8}{'p99 ms':>8}",
+        f"{'p50 ms':>8}{'p99 ms':>8}" + (f"{'Keras':>10}{'speedup':>9}" if keras else ""),
     ]
-    for row in result.rows:
-        if "train_seconds" in row:
-            continue
-
-        def cell(key: str, fmt: str, width: int, row: dict = row) -> str:
-            return f"{format(row[key], fmt):>{width}}" if key in row else " " * (width - 1) + "-"
-
+    lines += [format_row(row, bool(keras)) for row in result.rows if "train_seconds" not in row]
+    if keras:
         lines.append(
-            f"{row['what']:<55}{cell('images_per_second', ',.0f', 12)}{cell('seconds_per_epoch', '.1f', 9)}"
-            f"{cell('gflops', '.1f', 9)}{cell('share_of_peak', '.0%', 9)}{cell('p50_ms', '.3f', 8)}"
-            f"{cell('p99_ms', '.3f', 8)}"
+            "Keras: the fastest Keras way below, in the row's unit (images/s; p50 ms for latency); "
+            "speedup: how many times faster ours is."
         )
+        lines.append(
+            f"\nKeras peer (benchmarks/keras_peer.py, run after ours): TensorFlow {keras['tensorflow']}, "
+            f"Keras {keras['keras']}, {keras['intra_op_threads']} intra-op and {keras['inter_op_threads']} "
+            f"inter-op threads, XLA {'on' if keras['jit_compile'] else 'off'}"
+        )
+        lines += [format_row(row, False) for row in keras["rows"]]
     for row in result.rows:
         if "train_seconds" in row:
             reached = "reached" if row["test_accuracy"] >= 0.995 else "NOT reached"
@@ -261,6 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16", action="store_true", help="also time training with bf16 autocast")
     parser.add_argument("--peak-gflops", type=float, help="the device's fp32 peak, if known better")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument(
+        "--keras-python",
+        type=Path,
+        help="Python with TensorFlow for the Keras peer (default: this one if it has TensorFlow, "
+        "else .venv-keras/bin/python beside the repository)",
+    )
+    parser.add_argument("--skip-keras", action="store_true", help="no Keras peer rows")
     args = parser.parse_args(argv)
     result = run(args)
     print(format_table(result))

@@ -365,3 +365,32 @@ def trained_server(trained_model: str, tmp_path_factory: pytest.TempPathFactory)
     running = RunningServer(trained_model, tmp_path_factory.mktemp("db") / "feedback.sqlite3")
     yield running
     running.stop()
+
+
+# A small network and a few epochs on 1,200 real digits (`small_mnist`): seconds, not minutes.
+def _small_training():
+    from mnist_digits.augment import AugmentConfig
+    from mnist_digits.model import ModelConfig
+    from mnist_digits.recipes import TrainConfig
+
+    return TrainConfig(
+        epochs=2,
+        batch_size=32,
+        augment=AugmentConfig(rotation=0, zoom=0, shift=0),
+        model=ModelConfig(channels=(8, 16, 16), hidden=32),
+    )
+
+
+SMALL = _small_training()
+
+
+@pytest.fixture(scope="module")
+def small_mnist(mnist):
+    from mnist_digits.data import Mnist, Split
+
+    return Mnist(
+        Split(mnist.train.images[:1200], mnist.train.labels[:1200]),
+        Split(mnist.test.images[:200], mnist.test.labels[:200]),
+        mnist.directory,
+        mnist.sha256,
+    )

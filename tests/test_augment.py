@@ -290,7 +290,7 @@ def test_style_settings_are_checked_with_one_line_errors(setting, message):
 
 
 def test_every_style_is_off_by_default_and_in_every_recipe():
-    from mnist_digits.train import RECIPES
+    from mnist_digits.recipes import RECIPES
 
     assert not AugmentConfig().styled and ALL_ON.styled
     assert all(not config.augment.styled for config in RECIPES.values())
@@ -304,7 +304,7 @@ def test_an_augment_config_stored_before_styles_existed_reads_with_them_off():
 
 
 def test_styles_are_reachable_from_train_set():
-    from mnist_digits.train import recipe, with_settings
+    from mnist_digits.recipes import recipe, with_settings
 
     config = with_settings(
         recipe("fast"), ["augment.thicken=0.3", "augment.thicken_px=3", "augment.lowres_side=12"]
@@ -318,7 +318,7 @@ def test_a_tiny_training_runs_with_every_style_on(mnist, tmp_path, monkeypatch):
     """The training step styles every batch after the warp, and a network trains on them."""
     from dataclasses import replace
 
-    from mnist_digits import train
+    from mnist_digits import recipes, train
     from mnist_digits.data import Mnist, Split
     from mnist_digits.model import ModelConfig
 
@@ -328,7 +328,7 @@ def test_a_tiny_training_runs_with_every_style_on(mnist, tmp_path, monkeypatch):
         mnist.directory,
         mnist.sha256,
     )
-    config = train.TrainConfig(
+    config = recipes.TrainConfig(
         epochs=1, batch_size=32, val_fraction=0.2, model=ModelConfig(channels=(8, 16, 16), hidden=32)
     )
     config = replace(config, augment=replace(config.augment, **{p: 0.5 for p, _ in STYLES}))

@@ -1,6 +1,7 @@
 """The benchmark scripts run and report what they promise (tiny settings: this checks the
 scripts, it measures nothing)."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -16,7 +17,8 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 def test_speed_benchmark_reports_pytorch_and_onnx_rows(tmp_path, mnist_dir):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "speed.json"
-    args = ["--skip-training", "--skip-fast", "--batch", "16", "--repeats", "2", "--latency-calls", "10"]
+    args = ["--skip-training", "--skip-fast", "--skip-keras", "--batch", "16", "--repeats", "2"]
+    args += ["--latency-calls", "10"]
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "speed.py"), *args, "--json-out", str(out)],
         env={**os.environ, "MNIST_DIGITS_DATA": str(mnist_dir)},
@@ -39,6 +41,7 @@ def test_speed_benchmark_reports_pytorch_and_onnx_rows(tmp_path, mnist_dir):
         assert row.get("images_per_second", 1) > 0 and row.get("p50_ms", 1) > 0
         assert row.get("p99_ms", 1) >= row.get("p50_ms", 0)
     assert "estimated fp32 peak" in done.stdout and "ONNX Runtime int8" in done.stdout
+    assert f"cpu: {result['cpu']}" in done.stdout and "speedup" not in done.stdout  # no Keras asked for
 
 
 def test_outside_mnist_benchmark_reads_digits_in_the_uci_format(test_digits, reference_recognizer):
@@ -81,7 +84,7 @@ def test_outside_mnist_benchmark_reports_stress_rows_from_the_models_own_validat
     from mnist_digits import stress
     from mnist_digits.errors import MnistDigitsError
     from mnist_digits.predict import load_model
-    from mnist_digits.train import held_out
+    from mnist_digits.recipes import held_out
 
     split, which = outside_mnist.validation_split(reference_recognizer, mnist, 40)
     assert which == "val_fraction 0.1, split seed 0"
@@ -101,3 +104,131 @@ def test_outside_mnist_benchmark_reports_stress_rows_from_the_models_own_validat
 
     with pytest.raises(MnistDigitsError, match="held out different validation images"):
         outside_mnist.validation_split(load_model("ensemble"), mnist, 40)
+
+
+def import_benchmark(name: str):
+    """benchmarks/NAME.py as a module (they import benchmarks/machine.py as a sibling)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def keras_rows(train: float, predict: float, direct: float, predict_ms: float, direct_ms: float) -> dict:
+    """A keras_peer.py result, as its JSON reads."""
+    return {
+        "tensorflow": "9.9.9",
+        "keras": "8.8.8",
+        "intra_op_threads": 2,
+        "inter_op_threads": 2,
+        "onednn": "default",
+        "jit_compile": False,
+        "params": 730_602,
+        "rows": [
+            {"what": "training, Keras fit", "kind": "training", "images_per_second": train},
+            {"what": "inference, Keras model.predict", "kind": "inference", "images_per_second": predict},
+            {"what": "inference, Keras model(x)", "kind": "inference", "images_per_second": direct},
+            {"what": "latency, Keras model.predict", "kind": "latency", "p50_ms": predict_ms, "p99_ms": 90.0},
+            {"what": "latency, Keras model(x)", "kind": "latency", "p50_ms": direct_ms, "p99_ms": 30.0},
+        ],
+    }
+
+
+def test_speed_table_sets_each_comparable_row_beside_the_fastest_keras_way():
+    """Ours against Keras' best on training, batch inference and latency; bf16 and ONNX rows have
+    no Keras peer, and Keras' own rows follow with their GFLOP/s counted from our network."""
+    speed = import_benchmark("speed")
+    rng = np.random.default_rng()
+    ours = rng.uniform(500, 5000, 3)
+    rows = [
+        {"what": "training, fp32", "peer": "training", "images_per_second": ours[0], "gflops": 1.0},
+        {"what": "training, bf16", "images_per_second": ours[0] / 10},
+        {"what": "inference, PyTorch", "peer": "inference", "images_per_second": ours[1]},
+        {"what": "latency, PyTorch", "peer": "latency", "p50_ms": ours[2] / 1000, "p99_ms": 9.0},
+        {"what": "inference, ONNX Runtime fp32", "images_per_second": ours[1] * 2},
+    ]
+    keras = keras_rows(*rng.uniform(100, 900, 3), *rng.uniform(2, 80, 2))
+    train, predict, direct = (row["images_per_second"] for row in keras["rows"][:3])
+    predict_ms, direct_ms = (row["p50_ms"] for row in keras["rows"][3:])
+    speed.compare_with_keras(rows, keras, forward_gflop=0.0334)
+
+    assert rows[0]["keras"] == train and rows[0]["speedup"] == pytest.approx(ours[0] / train)
+    assert rows[2]["keras"] == max(predict, direct)
+    assert rows[2]["speedup"] == pytest.approx(ours[1] / max(predict, direct))
+    assert rows[3]["keras"] == min(predict_ms, direct_ms)  # latency: lower is faster
+    assert rows[3]["speedup"] == pytest.approx(min(predict_ms, direct_ms) / rows[3]["p50_ms"])
+    assert "keras" not in rows[1] and "keras" not in rows[4]
+    assert keras["rows"][0]["gflops"] == pytest.approx(train * 3 * 0.0334)  # a step: 3 forward passes
+    assert keras["rows"][1]["gflops"] == pytest.approx(predict * 0.0334)
+
+    result = speed.Result("a CPU, 2 cores", "cpu", 2, "2.x", 157.0, rows, cpu="a CPU; avx2", keras=keras)
+    table = speed.format_table(result)
+    lines = table.splitlines()
+    assert "speedup" in lines[4] and "Keras" in lines[4]
+    line = next(line for line in lines if line.startswith("training, fp32"))
+    assert f"{train:,.0f}" in line and line.endswith(f"{ours[0] / train:.2f}x")
+    line = next(line for line in lines if line.startswith("latency, PyTorch"))
+    assert line.endswith(f"{min(predict_ms, direct_ms) / rows[3]['p50_ms']:.2f}x")
+    assert next(line for line in lines if line.startswith("training, bf16")).endswith("-")
+    assert "TensorFlow 9.9.9, Keras 8.8.8, 2 intra-op and 2 inter-op threads, XLA off" in table
+    assert any(line.startswith("latency, Keras model(x)") and f"{direct_ms:.3f}" in line for line in lines)
+    assert "Keras" not in speed.format_table(speed.Result("a CPU", "cpu", 2, "2.x", 157.0, rows))
+
+
+def test_keras_peer_reads_the_real_mnist_files_without_tensorflow(mnist_dir, mnist, tmp_path):
+    """keras_peer.py's IDX reader gives the arrays mnist_digits reads, raw or gzip, and refuses a
+    file whose magic or length is wrong; its inputs are Keras-shaped, its split disjoint."""
+    from mnist_digits import idx
+
+    peer = import_benchmark("keras_peer")
+    images, labels = peer.load_split(mnist_dir, "train")
+    assert np.array_equal(images, mnist.train.images) and np.array_equal(labels, mnist.train.labels)
+    test_images, test_labels = peer.load_split(mnist_dir, "t10k")
+    assert np.array_equal(test_images, mnist.test.images) and np.array_equal(test_labels, mnist.test.labels)
+
+    (tmp_path / "raw-images").write_bytes(idx.encode_idx(test_images[:5]))
+    assert np.array_equal(peer.read_idx(tmp_path / "raw-images", peer.IMAGES_MAGIC), test_images[:5])
+    with pytest.raises(peer.PeerError, match="magic number 2049"):
+        peer.read_idx(tmp_path / "raw-images", peer.LABELS_MAGIC)
+    (tmp_path / "cut").write_bytes(idx.encode_idx(test_images[:5])[:-1])
+    with pytest.raises(peer.PeerError, match="fetch it again"):
+        peer.read_idx(tmp_path / "cut", peer.IMAGES_MAGIC)
+    with pytest.raises(peer.PeerError, match="missing"):
+        peer.load_split(tmp_path, "t10k")
+
+    pixels, onehot = peer.as_inputs(test_images[:100], test_labels[:100])
+    assert pixels.shape == (100, 28, 28, 1) and pixels.dtype == np.float32 and pixels.max() <= 1.0
+    assert np.array_equal(onehot.argmax(1), test_labels[:100]) and np.all(onehot.sum(1) == 1)
+    (train_x, train_y), (val_x, val_y) = peer.split_validation(images[:7000], labels[:7000], seed=0)
+    assert len(val_y) == peer.VAL_IMAGES and len(train_y) == 1000
+    assert not {row.tobytes() for row in train_x} & {row.tobytes() for row in val_x}
+
+
+@pytest.mark.slow
+def test_speed_benchmark_runs_the_keras_peer_in_the_same_invocation(tmp_path, mnist_dir):
+    """End to end with TensorFlow (its own environment, as found by speed.py): Keras' rows in the
+    JSON, and Keras' number and the speedup on each comparable row of the table."""
+    speed = import_benchmark("speed")
+    python = speed.keras_python(None)
+    if python is None:
+        pytest.skip(f"no TensorFlow for the Keras peer; install it with `{speed.KERAS_INSTALL}`")
+    out = tmp_path / "speed.json"
+    args = ["--skip-fast", "--train-images", "128", "--batch", "16", "--repeats", "2"]
+    args += ["--latency-calls", "10", "--keras-python", str(python), "--json-out", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "speed.py"), *args],
+        env={**os.environ, "MNIST_DIGITS_DATA": str(mnist_dir)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["keras"]["params"] == 730_602
+    assert result["keras"]["intra_op_threads"] == result["threads"]
+    kinds = [row["kind"] for row in result["keras"]["rows"]]
+    assert kinds == ["training", "inference", "inference", "latency", "latency"]
+    compared = [row for row in result["rows"] if "peer" in row]
+    assert len(compared) == 3 and all(row["speedup"] > 0 for row in compared)
+    assert "speedup" in done.stdout and f"TensorFlow {result['keras']['tensorflow']}" in done.stdout

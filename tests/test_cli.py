@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors import torch as safetensors_torch
 
-from mnist_digits import checkpoint, data, evaluate, pretrained
+from mnist_digits import checkpoint, data, evaluate, pretrained, train
 from mnist_digits.cli import main
 from mnist_digits.model import DigitNet, ModelConfig
 
@@ -49,7 +49,17 @@ def test_data_dir_with_a_bad_file_is_an_error_not_a_download(tmp_path, capsys, m
 
 def test_dry_run_training_then_evaluate_with_figures(data_env, tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["train", "--dry-run", "--no-progress", "--out", str(run), "--seed", "3", "--elastic", "20"]
+    argv = [
+        "train",
+        "--dry-run",
+        "--no-progress",
+        "--out",
+        str(run),
+        "--seed",
+        "3",
+        "--set",
+        "augment.elastic=20",
+    ]
     assert main([*argv, "--ema", "0.99"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out
@@ -78,6 +88,7 @@ def test_no_test_trains_an_ensemble_with_changed_settings_and_never_reads_the_te
         raise AssertionError("--no-test read the official test set")
 
     monkeypatch.setattr(evaluate, "evaluate_model", read_the_test_set)
+    monkeypatch.setattr(train, "evaluate_model", read_the_test_set)  # the name train measures with
     run = tmp_path / "run"
     argv = ["train", "--dry-run", "--no-progress", "--no-test", "--ensemble", "2", "--out", str(run)]
     settings = ["augment.rotation=5", "model.channels=8,16,16", "label_smoothing=0.05"]

@@ -77,3 +77,35 @@ def test_bf16_autocast_on_the_gpu_agrees_with_fp32():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             bf16 = model(images).argmax(1)
     assert (fp32 == bf16).float().mean() >= 0.95
+
+
+def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    cpu = torch.device("cpu")
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    assert device.native_bf16(cpu) is None
+    auto = device.pick_precision("auto", cpu)
+    assert auto.name == "fp32" and not auto.bf16 and "emulated" in auto.describe()
+    assert device.pick_precision("bf16", cpu).bf16  # asked for: kept, and said to be slower
+    assert "emulated here, slower" in device.pick_precision("bf16", cpu).reason
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert device.native_bf16(cpu) == "AVX-512 BF16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert device.native_bf16(cpu) == "AMX"
+    auto = device.pick_precision("auto", cpu)
+    assert auto.bf16 and auto.describe() == "precision bf16 (auto: AMX computes bf16 natively)"
+    assert device.pick_precision("fp32", cpu).name == "fp32"  # forced, whatever the CPU
+    assert device.native_bf16(torch.device("mps")) is None
+
+
+def test_unknown_precisions_are_refused_with_the_choices():
+    with pytest.raises(MnistDigitsError, match=r"unknown precision 'fp8'; choose auto, fp32, bf16\."):
+        device.pick_precision("fp8", torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_auto_precision_on_a_gpu_follows_its_bf16_support():
+    gpu = torch.device("cuda")
+    assert device.pick_precision("auto", gpu).bf16 == torch.cuda.is_bf16_supported()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from mnist_digits import checkpoint
 from mnist_digits.distributed import SINGLE_PROCESS, any_all, sum_all
@@ -20,7 +21,8 @@ from dataclasses import replace
 from mnist_digits import data, distributed
 from mnist_digits.evaluate import evaluate_model
 from mnist_digits.model import ModelConfig
-from mnist_digits.train import TrainConfig, fit
+from mnist_digits.recipes import TrainConfig
+from mnist_digits.train import fit
 
 cluster, device = distributed.join(__import__("torch").device("cpu"))
 mnist = data.load(data.locate())
@@ -65,6 +67,24 @@ def test_torchrun_cli_writes_one_model_that_loads_in_a_single_process(tmp_path, 
     seen = history[0]["images_per_second"] * history[0]["seconds"]
     assert seen == pytest.approx(1800, rel=0.01)  # both shares, counted once: 90% of 2,000
     assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torchrun_on_gpus_trains_with_nccl_in_bf16(tmp_path, mnist_dir):
+    """One process per GPU, gradients over NCCL, the data and augmentation on the device, and
+    precision auto taking bf16 where the GPU has it."""
+    gpus = torch.cuda.device_count()
+    out = tmp_path / "run"
+    command = [*TORCHRUN[:-1], f"--nproc-per-node={gpus}", "-m", "mnist_digits", "train", "--dry-run"]
+    result = _run([*command, "--no-progress", "--device", "cuda", "--out", str(out)], mnist_dir)
+    assert "on cuda" in result.stderr and result.stdout.count("test accuracy") == 1
+    if gpus > 1:
+        assert f"{gpus} processes" in result.stderr
+    metadata = checkpoint.load_model(out / "model.safetensors").metadata
+    assert metadata["device"].startswith("cuda") and 0 < metadata["test_accuracy"] <= 1
+    expected = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    assert metadata["train_config"]["precision"] == expected
 
 
 def test_single_process_helpers_are_no_ops():

@@ -64,6 +64,33 @@ def test_export_is_refused_when_outputs_differ(exported, mnist):
         check_export(fp32, model, images, tolerance=0.0)
 
 
+def test_an_export_is_checked_on_test_images_and_calibrated_on_training_ones(mnist):
+    from mnist_digits.export import export_images
+
+    images = export_images(mnist, int8=True)
+    assert (images.checked_on, images.calibrated_on) == ("test", "training")
+    test_images, test_labels = images.test
+    assert test_images.shape == (len(mnist.test.labels), 1, 28, 28) and test_images.max() <= 1.0
+    np.testing.assert_array_equal(test_labels, mnist.test.labels)
+    np.testing.assert_allclose(images.check * 255, mnist.test.images[: len(images.check), None], atol=1e-3)
+    np.testing.assert_allclose(
+        images.calibration * 255, mnist.train.images[: len(images.calibration), None], atol=1e-3
+    )
+    assert export_images(mnist).calibration is None  # no int8, nothing to calibrate
+
+
+def test_without_mnist_an_export_is_checked_and_calibrated_on_generated_digits():
+    from mnist_digits.export import export_images
+
+    images = export_images(None, int8=True)
+    assert (images.checked_on, images.calibrated_on, images.test) == ("generated", "generated", None)
+    assert images.check.shape[1:] == images.calibration.shape[1:] == (1, 28, 28)
+    assert not np.array_equal(
+        images.check[: len(images.calibration)], images.calibration[: len(images.check)]
+    )
+    assert export_images(None).calibration is None
+
+
 def test_export_command_writes_checked_fp32_and_int8_models(tmp_path, monkeypatch, mnist_dir, capsys):
     from mnist_digits.cli import main
 

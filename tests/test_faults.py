@@ -15,7 +15,8 @@ from mnist_digits import checkpoint
 from mnist_digits.cli import main
 from mnist_digits.errors import CheckpointError, MnistDigitsError
 from mnist_digits.model import DigitNet, ModelConfig
-from mnist_digits.train import TrainConfig, fit
+from mnist_digits.recipes import TrainConfig
+from mnist_digits.train import fit
 
 SMALL = TrainConfig(epochs=1, batch_size=32, model=ModelConfig(channels=(4, 8, 8), hidden=16))
 

@@ -1,5 +1,6 @@
 """The feedback store: SQLite rows in, MNIST-format IDX files out, and back into training."""
 
+import hashlib
 import sqlite3
 
 import numpy as np
@@ -84,6 +85,29 @@ def test_read_idx_refuses_mismatched_files(tmp_path):
     (tmp_path / feedback.LABELS_FILE).unlink()
     with pytest.raises(FeedbackError, match="feedback export"):
         feedback.read_idx(tmp_path)
+
+
+def test_feedback_samples_join_the_training_split_and_its_checksums(tmp_path):
+    from mnist_digits.data import Mnist, Split
+
+    store = FeedbackStore(tmp_path / "feedback.sqlite3")
+    for i in range(3):
+        store.add(digit_image(i), label=i + 5, predicted=None, model="tiny")
+    store.export_idx(tmp_path / "extra")
+    train = Split(np.full((4, 28, 28), 7, np.uint8), np.zeros(4, np.uint8))
+    test = Split(np.zeros((2, 28, 28), np.uint8), np.ones(2, np.uint8))
+    mnist = Mnist(train, test, tmp_path, {"train-images-idx3-ubyte": "abc"})
+    joined = feedback.with_feedback_samples(mnist, tmp_path / "extra")
+    assert joined.train.labels.tolist() == [0, 0, 0, 0, 5, 6, 7]
+    np.testing.assert_array_equal(joined.train.images[:4], train.images)
+    np.testing.assert_array_equal(joined.train.images[4:], store.split().images)
+    assert joined.test is test and joined.directory == tmp_path
+    assert joined.sha256["train-images-idx3-ubyte"] == "abc"
+    extra_images = (tmp_path / "extra" / feedback.IMAGES_FILE).read_bytes()
+    assert joined.sha256["extra-images"] == hashlib.sha256(extra_images).hexdigest()
+    assert set(mnist.sha256) == {"train-images-idx3-ubyte"}  # the original is left as it was
+    with pytest.raises(FeedbackError, match="feedback export"):
+        feedback.with_feedback_samples(mnist, tmp_path)
 
 
 def test_cli_export(tmp_path, capsys):

@@ -38,11 +38,14 @@ def test_the_python_api_and_the_server_default_to_the_best_network():
 
 
 def test_constants_written_out_for_a_fast_help_match_the_library():
+    from mnist_digits.cli_options import PRECISIONS
+    from mnist_digits.device import PRECISIONS as LIBRARY_PRECISIONS
     from mnist_digits.predict import DEFAULT_THRESHOLD
-    from mnist_digits.train import RECIPES
+    from mnist_digits.recipes import RECIPES
 
     assert set(cli.RECIPE_NAMES) == set(RECIPES)
     assert cli.DEFAULT_THRESHOLD == DEFAULT_THRESHOLD
+    assert PRECISIONS == LIBRARY_PRECISIONS
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["predict", "--help"], ["--version"]])

@@ -85,6 +85,33 @@ def test_submission_is_in_the_competition_format(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["submission.csv"]  # no .tmp left behind
 
 
+class FixedAnswers:
+    """A stand-in recognizer: answers 3 for inked rows, 8 unsure for blank ones; keeps its inputs."""
+
+    threshold = 0.8
+
+    def probabilities(self, inputs):
+        self.inputs = inputs
+        probs = np.full((len(inputs), 10), 0.01)
+        inked = inputs.reshape(len(inputs), -1).max(1) > 0
+        probs[inked, 3] = 0.91
+        probs[~inked, 8] = 0.5
+        return probs
+
+
+def test_a_submission_predicts_every_row_on_inputs_scaled_to_0_1(tmp_path, test_digits):
+    images = test_digits.images[:6].copy()
+    images[[1, 4]] = 0  # blank rows still need an answer in a submission
+    recognizer = FixedAnswers()
+    submission = kaggle.predict_submission(
+        recognizer, write_csv(tmp_path / "test.csv", images), tmp_path / "s.csv"
+    )
+    assert submission == kaggle.Submission(tmp_path / "s.csv", 6, 2)
+    assert (tmp_path / "s.csv").read_text().splitlines()[1:] == ["1,3", "2,8", "3,3", "4,3", "5,8", "6,3"]
+    assert recognizer.inputs.shape == (6, 28, 28) and recognizer.inputs.dtype == np.float32
+    np.testing.assert_allclose(recognizer.inputs * 255, images, atol=1e-4)  # 0-255 read as 0-1
+
+
 def test_cli_kaggle_submission_from_test_csv(tmp_path, test_digits, tiny_model_file, capsys):
     test_csv = write_csv(tmp_path / "test.csv", test_digits.images[:100])
     out = tmp_path / "submission.csv"

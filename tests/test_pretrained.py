@@ -61,7 +61,7 @@ def test_every_shipped_network_is_its_recipe_with_its_seed():
     """`train --recipe NAME --seed S` reproduces each shipped network's settings exactly."""
     from dataclasses import asdict
 
-    from mnist_digits.train import TrainConfig, recipe
+    from mnist_digits.recipes import TrainConfig, recipe
 
     networks = [pretrained.load(name).metadata for name in ("reference", "best")]
     networks += pretrained.load("ensemble").members_metadata

@@ -7,7 +7,7 @@ import pytest
 from mnist_digits.data import Split
 from mnist_digits.evaluate import Evaluation, class_metrics, confusion_matrix, evaluate_model
 from mnist_digits.model import DigitNet, ModelConfig
-from mnist_digits.report import calibration, format_accuracy, wilson_interval, write_report
+from mnist_digits.report import format_accuracy, model_details, wilson_interval, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EMBEDDED_PNG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
@@ -59,67 +59,6 @@ def test_wilson_interval_narrows_with_more_trials():
 def test_wilson_interval_rejects_impossible_counts(successes, trials):
     with pytest.raises(ValueError, match="successes"):
         wilson_interval(successes, trials)
-
-
-# --- calibration -------------------------------------------------------------------------------
-
-
-def test_calibration_is_zero_for_exactly_calibrated_predictions():
-    # In each bin the share correct equals the confidence: 80% right at 0.8, 50% at 0.5, all at 1.
-    confidences = np.repeat([0.8, 0.5, 1.0], [1000, 400, 100])
-    correct = np.concatenate([np.arange(1000) < 800, np.arange(400) < 200, np.ones(100, bool)])
-    bins = calibration(confidences, correct)
-    assert bins.ece == pytest.approx(0.0, abs=1e-12)
-    assert bins.counts.sum() == 1500
-
-
-def test_calibration_is_near_zero_when_correctness_is_drawn_with_the_confidence():
-    rng = np.random.default_rng(0)
-    confidences = rng.uniform(0.1, 1.0, 200_000)
-    correct = rng.random(200_000) < confidences
-    assert calibration(confidences, correct).ece < 0.01
-
-
-def test_calibration_error_is_large_for_overconfident_predictions():
-    confidences = np.full(1000, 0.99)
-    correct = np.arange(1000) % 2 == 0  # right half the time at 99% confidence
-    bins = calibration(confidences, correct)
-    assert bins.ece == pytest.approx(0.49)
-    assert bins.counts[-1] == 1000
-
-
-def test_calibration_weights_each_bin_by_its_count():
-    # bin of 0.95: accuracy 1/2, gap 0.45; bin of 0.35: accuracy 1, gap 0.65; equal weights
-    bins = calibration(np.array([0.95, 0.95, 0.35, 0.35]), np.array([True, False, True, True]))
-    assert bins.ece == pytest.approx(0.55)
-
-
-def test_calibration_bins_cover_0_to_1_and_counts_sum_to_n():
-    rng = np.random.default_rng(1)
-    confidences = np.concatenate([[0.0, 1.0], rng.uniform(0.1, 1.0, 998)])
-    bins = calibration(confidences, rng.random(1000) < 0.9)
-    assert len(bins.edges) == 16 and bins.edges[0] == 0.0 and bins.edges[-1] == 1.0
-    assert bins.counts.shape == bins.accuracy.shape == bins.confidence.shape == (15,)
-    assert bins.counts.sum() == 1000
-    assert bins.counts[0] >= 1 and bins.counts[-1] >= 1  # 0 and 1 fall inside the end bins
-    filled = bins.counts > 0
-    assert np.isnan(bins.accuracy[~filled]).all()
-    assert (bins.confidence[filled] >= bins.edges[:-1][filled]).all()
-    assert (bins.confidence[filled] <= bins.edges[1:][filled]).all()
-
-
-@pytest.mark.parametrize(
-    ("confidences", "correct", "message"),
-    [
-        ([0.5, 0.6], [True], "equally long"),
-        ([], [], "non-empty"),
-        ([0.5, 1.5], [True, False], r"\[0, 1\]"),
-        ([0.5, np.nan], [True, False], r"\[0, 1\]"),
-    ],
-)
-def test_calibration_rejects_bad_input(confidences, correct, message):
-    with pytest.raises(ValueError, match=message):
-        calibration(np.array(confidences), np.array(correct, dtype=bool))
 
 
 # --- the HTML report -----------------------------------------------------------------------------
@@ -256,6 +195,30 @@ def test_report_rejects_images_that_do_not_match_the_evaluation(tmp_path):
     assert not (tmp_path / "r.html").exists()
 
 
+def test_model_details_describe_an_ensemble_by_its_members(tmp_path):
+    from mnist_digits.checkpoint import LoadedModel
+    from mnist_digits.ensemble import TTA_VIEWS
+
+    evaluation, _ = synthetic_evaluation(120, 3)
+    members = [
+        {"train_config": {"recipe": "best"}, "environment": {"date": "2026-01-02"}},
+        {"train_config": {"recipe": "lean"}},
+        {"train_config": {"recipe": "best"}},
+    ]
+    ensemble = LoadedModel(None, {"members": members}, tmp_path / "e.safetensors")
+    details = model_details(ensemble, evaluation, tmp_path / "mnist", tta=True)
+    assert details["model"] == str(tmp_path / "e.safetensors")
+    assert details["networks"] == "3 (probabilities averaged)" and details["recipe"] == "best, lean"
+    assert details["trained"] == "2026-01-02"  # the first member's
+    assert details["test-time augmentation"] == f"yes ({len(TTA_VIEWS)} views)"
+    assert details["test set"] == f"{tmp_path / 'mnist'} (120 images)"
+
+    single = LoadedModel(None, {"note": "no settings recorded"}, tmp_path / "m.safetensors")
+    details = model_details(single, evaluation, tmp_path)
+    assert details["networks"] == "1" and details["test-time augmentation"] == "no"
+    assert details["recipe"] == details["trained"] == "unknown"
+
+
 def test_making_figures_leaves_the_users_matplotlib_alone():
     """No pyplot, no backend switched: a notebook's interactive plots keep working."""
     import subprocess
@@ -263,8 +226,8 @@ def test_making_figures_leaves_the_users_matplotlib_alone():
 
     script = (
         "import sys, numpy as np\n"
-        "from mnist_digits import plots, report\n"
-        "bins = report.calibration(np.array([0.9, 0.6]), np.array([True, False]))\n"
+        "from mnist_digits import evaluate, plots, report\n"
+        "bins = evaluate.calibration(np.array([0.9, 0.6]), np.array([True, False]))\n"
         "assert plots.png_bytes(plots.reliability_figure(bins)).startswith(b'\\x89PNG')\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
     )

@@ -8,7 +8,7 @@ from mnist_digits import pretrained, stress
 from mnist_digits.data import Split
 from mnist_digits.errors import MnistDigitsError
 from mnist_digits.preprocess import stroke_width
-from mnist_digits.train import held_out
+from mnist_digits.recipes import held_out
 
 COUNT = 60  # held-out digits per kind: enough to see each change, seconds to prepare
 

@@ -1,77 +1,19 @@
 import json
 import math
-import re
-from dataclasses import fields, is_dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL
 
 from mnist_digits import checkpoint
 from mnist_digits.augment import AugmentConfig
-from mnist_digits.data import Mnist, Split, split_validation, to_tensors
+from mnist_digits.data import Split, split_validation, to_tensors
 from mnist_digits.errors import CheckpointError, MnistDigitsError
 from mnist_digits.evaluate import evaluate_model
-from mnist_digits.model import DigitNet, ModelConfig
-from mnist_digits.train import (
-    RECIPES,
-    PlateauScheduler,
-    TrainConfig,
-    fit,
-    held_out,
-    make_scheduler,
-    recipe,
-    sharpness_aware_gradients,
-    with_settings,
-)
-
-# A small network and a few epochs on 1,200 real digits: seconds, not minutes.
-SMALL = TrainConfig(
-    epochs=2,
-    batch_size=32,
-    augment=AugmentConfig(rotation=0, zoom=0, shift=0),
-    model=ModelConfig(channels=(8, 16, 16), hidden=32),
-)
-
-
-@pytest.fixture(scope="module")
-def small_mnist(mnist: Mnist) -> Mnist:
-    return Mnist(
-        Split(mnist.train.images[:1200], mnist.train.labels[:1200]),
-        Split(mnist.test.images[:200], mnist.test.labels[:200]),
-        mnist.directory,
-        mnist.sha256,
-    )
-
-
-def _lr_after(accuracies: list[float], config: TrainConfig) -> list[float]:
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
-    scheduler = PlateauScheduler(optimizer, config)
-    rates = []
-    for accuracy in accuracies:
-        scheduler.after_epoch(accuracy)
-        rates.append(optimizer.param_groups[0]["lr"])
-    return rates
-
-
-def test_plateau_halves_lr_after_three_epochs_without_improvement():
-    rates = _lr_after([0.90, 0.95, 0.95, 0.95, 0.95, 0.96, 0.96, 0.96, 0.96], TrainConfig())
-    assert rates == [1e-3] * 4 + [5e-4] * 4 + [2.5e-4]
-
-
-def test_plateau_counts_gains_below_min_delta_as_no_improvement():
-    rates = _lr_after([0.99, 0.99005, 0.99009, 0.99009], TrainConfig())
-    assert rates[-1] == 5e-4
-
-
-def test_plateau_reports_each_change_and_respects_the_floor():
-    config = replace(TrainConfig(), plateau_patience=0, min_lr=3e-4)
-    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
-    scheduler = PlateauScheduler(optimizer, config)
-    assert scheduler.after_epoch(0.5) is None  # the first epoch sets the best
-    assert scheduler.after_epoch(0.5) == (1e-3, 5e-4)
-    assert scheduler.after_epoch(0.5) == (5e-4, 3e-4)
-    assert scheduler.after_epoch(0.5) is None  # at the floor: nothing left to change
+from mnist_digits.recipes import TrainConfig, held_out, recipe
+from mnist_digits.train import fit
 
 
 def test_fit_learns_writes_history_and_keeps_the_best_epoch(small_mnist, tmp_path):
@@ -154,24 +96,6 @@ def test_weight_average_is_what_is_validated_and_saved(small_mnist, tmp_path):
         TrainConfig(ema=1.0)
 
 
-def test_an_interrupted_ensemble_says_which_member_stopped(small_mnist, tmp_path, monkeypatch):
-    from mnist_digits import train
-    from mnist_digits.errors import TrainingInterrupted
-
-    seeds = []
-
-    def fit_until_the_second(config, data, run_dir, **options):
-        seeds.append(config.seed)
-        if len(seeds) == 2:
-            raise TrainingInterrupted("stopped by SIGTERM in epoch 1, batch 3; continue with --resume.")
-        return None
-
-    monkeypatch.setattr(train, "fit", fit_until_the_second)
-    with pytest.raises(TrainingInterrupted, match=r"^ensemble member 2 of 3 stopped by SIGTERM"):
-        train.fit_ensemble(replace(SMALL, seed=5), small_mnist, tmp_path, 3, log=lambda m: None)
-    assert seeds == [5, 6]  # the third never started
-
-
 def test_checkpoint_from_before_a_new_setting_still_resumes(small_mnist, tmp_path):
     config = replace(SMALL, epochs=1)
     fit(config, small_mnist, tmp_path, progress=False, log=lambda m: None)
@@ -206,65 +130,6 @@ def test_a_final_fit_trains_on_every_image_and_keeps_the_last_epoch(small_mnist,
         assert torch.equal(a, b)
 
 
-def test_a_final_fit_needs_a_schedule_that_does_not_watch_validation():
-    with pytest.raises(MnistDigitsError, match="plateau schedule cuts the learning rate by validation"):
-        TrainConfig(val_fraction=0.0)
-    with pytest.raises(MnistDigitsError, match=r"val_fraction 1.0: give a share in \[0, 1\)"):
-        recipe("best", val_fraction=1.0)
-    assert recipe("best", val_fraction=0.0).validates is False
-
-
-def test_settings_change_any_field_of_a_recipe_and_refuse_what_they_cannot_read():
-    best = recipe("best")
-    config = with_settings(
-        best,
-        [
-            "label_smoothing=0.05",
-            "augment.rotation=10",
-            "model.channels=32,64,128",
-            "model.conv_batchnorm=false",
-            " epochs = 3",
-        ],
-    )
-    assert config.label_smoothing == 0.05 and config.augment.rotation == 10.0 and config.epochs == 3
-    assert config.model.channels == (32, 64, 128) and config.model.conv_batchnorm is False
-    assert config.recipe == "best" and config.augment.zoom == best.augment.zoom  # the rest untouched
-    assert with_settings(best, []) == best
-    for setting, message in [
-        ("rotation=10", "there is no setting 'rotation' here; choose one of epochs, batch_size"),
-        ("recipe=fast", "there is no setting 'recipe'"),  # the preset's name is not a setting
-        ("augment=10", "augment is a group of settings; name one: augment.rotation, augment.zoom"),
-        ("epochs.x=1", "epochs is a single setting, with nothing inside it"),
-        ("epochs=2.5", "'2.5' is not a value of this setting; give one like its current value, 30."),
-        ("model.channels=8,16", "give one like its current value, 24,48,96."),
-        ("model.conv_batchnorm=maybe", "current value, True."),
-        ("label_smoothing", "write FIELD=VALUE, such as augment.rotation=10"),
-        ("optimizer=sgd", "unknown optimizer 'sgd'"),  # the config's own checks still apply
-        ("epochs=0", "epochs 0: give a whole number, 1 or more (the reference uses 20)."),
-        ("batch_size=-1", "batch_size -1: give a whole number, 1 or more"),
-        ("lr=0", "lr 0.0: give a number above 0"),
-        ("warmup=1", "warmup 1.0: give a share between 0 and 1"),
-        ("label_smoothing=1", "label_smoothing 1.0: give a share in [0, 1)"),
-    ]:
-        with pytest.raises(MnistDigitsError, match=re.escape(message)):
-            with_settings(best, [setting])
-
-
-def test_every_recipe_holds_values_of_its_fields_types():
-    """--set reads a value like the field's current one: a recipe's 15 for a float 15.0 would
-    make it refuse 7.5."""
-
-    def mismatches(settings, prefix=""):
-        for f in fields(settings):
-            value = getattr(settings, f.name)
-            if is_dataclass(value):
-                yield from mismatches(value, f"{prefix}{f.name}.")
-            elif ("None" if value is None else type(value).__name__) not in f.type.split("[")[0].split(" | "):
-                yield f"{prefix}{f.name}: {f.type} holds {value!r}"
-
-    assert [(name, m) for name, config in RECIPES.items() for m in mismatches(config)] == []
-
-
 def test_a_split_seed_chooses_the_validation_images_and_held_out_finds_them_again(small_mnist, tmp_path):
     config = replace(SMALL, epochs=1, seed=3, split_seed=7)
     assert config.validation_seed == 7 and replace(config, split_seed=None).validation_seed == 3
@@ -276,49 +141,6 @@ def test_a_split_seed_chooses_the_validation_images_and_held_out_finds_them_agai
     assert not np.array_equal(images.labels, split_validation(small_mnist.train, 0.1, 3)[1].labels)
     # measured again on them, the network scores what it scored in training
     assert evaluate_model(result.model, images, "cpu").accuracy == pytest.approx(metadata["val_accuracy"])
-
-
-def test_held_out_refuses_networks_it_cannot_validate_without_leaking(small_mnist):
-    def network(config: TrainConfig = SMALL, **metadata) -> dict:
-        return {"train_config": config.to_dict(), "data_sha256": small_mnist.sha256, **metadata}
-
-    one_split = [network(replace(SMALL, seed=seed, split_seed=5)) for seed in (0, 1, 2)]
-    assert np.array_equal(
-        held_out(one_split, small_mnist).labels, split_validation(small_mnist.train, 0.1, 5)[1].labels
-    )
-    assert len(held_out([network(train_images=1200)], small_mnist).labels) == 120
-    for networks, message in [
-        (
-            [network(), network(replace(SMALL, seed=1)), network(replace(SMALL, seed=4, split_seed=1))],
-            "held out different validation images (split seeds 0, 1), so each trained on images the "
-            "others validate on. Train the members on one split",
-        ),
-        ([network(recipe("best", val_fraction=0.0))], "it held out no validation split"),
-        (
-            [network(data_sha256={"train-images-idx3-ubyte": "0" * 64})],
-            "trained on other images than these 1,200",
-        ),
-        ([network(train_images=2000)], "trained on other images"),  # a --dry-run's first 2,000
-        ([network(), {"note": "untrained"}], "network 2 of 2 does not record its training settings"),
-    ]:
-        with pytest.raises(MnistDigitsError, match=re.escape(message)):
-            held_out(networks, small_mnist)
-    with pytest.raises(MnistDigitsError, match=re.escape("split_seed -1: give a whole number, 0 or more.")):
-        replace(SMALL, split_seed=-1)
-    assert with_settings(SMALL, ["split_seed=4"]).split_seed == 4
-    assert with_settings(replace(SMALL, split_seed=4), ["split_seed=none"]).split_seed is None
-    with pytest.raises(
-        MnistDigitsError,
-        match=re.escape("'abc' is not a value of this setting; give a whole number, or none."),
-    ):
-        with_settings(SMALL, ["split_seed=abc"])
-
-
-def test_recipe_overrides_and_unknown_names():
-    assert recipe("reference", epochs=3, lr=None).epochs == 3
-    assert recipe("reference").lr == 1e-3
-    with pytest.raises(MnistDigitsError, match="unknown recipe"):
-        recipe("nope")
 
 
 @pytest.mark.slow
@@ -336,7 +158,8 @@ from dataclasses import replace
 from mnist_digits import data
 from mnist_digits.augment import AugmentConfig
 from mnist_digits.model import ModelConfig
-from mnist_digits.train import TrainConfig, fit
+from mnist_digits.recipes import TrainConfig
+from mnist_digits.train import fit
 
 if len(sys.argv) > 3:  # deliver a real SIGTERM to this process at a chosen augmented batch
     import os, signal
@@ -416,41 +239,6 @@ def test_onecycle_rises_to_the_peak_then_anneals_and_is_logged(small_mnist, tmp_
     assert result.best_val_accuracy > 0.5
 
 
-def test_onecycle_ends_at_the_peak_over_final_div():
-    for final_div in (25_000.0, 4.0):
-        config = replace(
-            SMALL, schedule="onecycle", optimizer="adamw", lr=8e-3, epochs=3, final_div=final_div
-        )
-        optimizer = torch.optim.AdamW(DigitNet(config.model).parameters(), lr=config.lr)
-        scheduler = make_scheduler(optimizer, config, train_size=10 * config.batch_size)
-        lrs = []
-        for _ in range(30 + 5):  # 3 epochs of 10 batches, and spare steps that must change nothing
-            optimizer.step()
-            scheduler.after_batch()
-            lrs.append(optimizer.param_groups[0]["lr"])  # the next batch's lr
-        assert max(lrs) == pytest.approx(8e-3, rel=0.01)
-        assert lrs[28] == pytest.approx(8e-3 / final_div)  # the last batch's
-        assert lrs[-1] == lrs[29]
-        assert f"down to {8e-3 / final_div:.1e}" in scheduler.describe()
-    with pytest.raises(MnistDigitsError, match=re.escape("final_div 0.5: give a ratio, 1 or more")):
-        TrainConfig(final_div=0.5)
-
-
-def test_unknown_optimizer_or_schedule_is_a_clear_error():
-    with pytest.raises(MnistDigitsError, match="unknown optimizer 'sgd'"):
-        TrainConfig(optimizer="sgd")
-    with pytest.raises(MnistDigitsError, match="unknown schedule"):
-        TrainConfig(schedule="cosine")
-
-
-def test_every_recipe_builds_its_network():
-    for name, config in RECIPES.items():
-        assert config.recipe == name
-        model = DigitNet(config.model)
-        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-    assert RECIPES["reference"].model == ModelConfig()  # the reference stays the notebook's
-
-
 @pytest.mark.slow
 def test_fast_recipe_reaches_99_5_percent(mnist, tmp_path):
     """The whole fast recipe (about 2-3 minutes on 2 CPU cores)."""
@@ -468,32 +256,44 @@ def test_bf16_autocast_trains_and_keeps_fp32_weights(small_mnist, tmp_path):
         TrainConfig(precision="fp8")
 
 
-def test_sharpness_aware_gradients_are_taken_uphill_and_leave_the_network_as_it_was():
-    config = recipe("best", sam=0.05)
-    torch.manual_seed(0)
-    model = DigitNet(config.model).train()
-    images, labels = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+def test_auto_precision_is_resolved_said_and_recorded_as_trained(small_mnist, tmp_path, monkeypatch):
+    from mnist_digits import device
 
-    def loss_of(network):
-        return torch.nn.functional.cross_entropy(network(images), labels, label_smoothing=0.1)
+    monkeypatch.setattr(device, "native_bf16", lambda d: "AMX")  # as on a CPU with AMX
+    messages: list[str] = []
+    config = replace(SMALL, epochs=1, precision="auto")
+    fit(config, small_mnist, tmp_path, progress=False, log=messages.append)
+    assert "Training in precision bf16 (auto: AMX computes bf16 natively)." in messages
+    saved = checkpoint.load_model(tmp_path / "model.safetensors").metadata["train_config"]
+    assert saved["precision"] == "bf16"  # what it trained in, never "auto"
+    fit(config, small_mnist, tmp_path, resume=True, progress=False, log=messages.append)  # the same here
+    monkeypatch.setattr(device, "native_bf16", lambda d: None)  # another machine: fp32 there
+    with pytest.raises(CheckpointError, match=r"other settings \(precision differ\)"):
+        fit(config, small_mnist, tmp_path, resume=True, progress=False)
 
-    # the expected gradients, by hand: a copy moved 0.05 along the normalized gradient
-    loss_of(model).backward()
-    uphill = DigitNet(config.model).train()
-    uphill.load_state_dict(model.state_dict())
-    norm = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
-    with torch.no_grad():
-        for moved, p in zip(uphill.parameters(), model.parameters(), strict=True):
-            moved.add_(p.grad * 0.05 / norm)
-    loss_of(uphill).backward()
 
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    sharpness_aware_gradients(model, images, labels, config)
-    for name, value in model.state_dict().items():
-        assert torch.equal(value, weights[name]), f"{name} changed"  # weights and BatchNorm statistics
-    for p, expected in zip(model.parameters(), uphill.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, expected.grad)
-    assert model[0].weight.grad.abs().sum() > 0  # a real gradient, not zeros
+def test_the_model_file_is_written_once_when_training_ends_with_all_it_measured(small_mnist, tmp_path):
+    from mnist_digits import checkpoint as files
+
+    present_during_training = []
+
+    def log(message: str) -> None:
+        if message.startswith("epoch  1/"):
+            present_during_training.append((tmp_path / "model.safetensors").exists())
+
+    writes = []
+    real = files.save_model
+    files.save_model = lambda path, *rest: (writes.append(path), real(path, *rest))
+    try:
+        result = fit(SMALL, small_mnist, tmp_path, test=small_mnist.test, progress=False, log=log)
+    finally:
+        files.save_model = real
+    assert present_during_training == [False] and writes == [tmp_path / "model.safetensors"]
+    metadata = checkpoint.load_model(result.path).metadata
+    assert [h["epoch"] for h in metadata["history"]] == [1, 2]
+    assert result.test is not None and metadata["test_accuracy"] == result.test.accuracy
+    assert metadata["epoch"] == result.best_epoch and metadata["val_accuracy"] == result.best_val_accuracy
+    assert evaluate_model(result.model, small_mnist.test).accuracy == pytest.approx(result.test.accuracy)
 
 
 def test_sharpness_aware_training_learns_and_is_logged(small_mnist, tmp_path):

@@ -10,7 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from .data import Split, to_tensors
+from .errors import MnistDigitsError
 from .model import NUM_CLASSES, predict_logits
+
+CONFIDENCE_BINS = 15  # equal-width bins over [0, 1] for the reliability diagram and the ECE
+# What NotRecordable's messages call the choices, from the library; the CLI names its flags.
+RECORD_TERMS = {"record": "Recording", "tta": "test-time augmentation", "val": "the validation split"}
 
 
 @dataclass(frozen=True)
@@ -72,12 +77,53 @@ def class_metrics(confusion: np.ndarray) -> list[ClassMetrics]:
     return rows
 
 
+@dataclass(frozen=True)
+class Calibration:
+    edges: np.ndarray  # (bins + 1,) from 0 to 1; bin i holds confidences in (edges[i], edges[i + 1]]
+    counts: np.ndarray  # (bins,) images whose confidence falls in the bin
+    accuracy: np.ndarray  # (bins,) share of them predicted correctly; NaN where the bin is empty
+    confidence: np.ndarray  # (bins,) their mean confidence; NaN where the bin is empty
+    ece: float  # expected calibration error: sum over bins of count / N * |accuracy - confidence|
+
+
+def calibration(confidences: np.ndarray, correct: np.ndarray, bins: int = CONFIDENCE_BINS) -> Calibration:
+    """Bin predictions by confidence and compare each bin's accuracy with its mean confidence."""
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    if confidences.ndim != 1 or confidences.shape != correct.shape or not len(confidences):
+        raise ValueError(
+            f"need two equally long, non-empty 1-D arrays; got confidences {confidences.shape}, "
+            f"correct {correct.shape}"
+        )
+    if not np.isfinite(confidences).all() or confidences.min() < 0 or confidences.max() > 1 + 1e-6:
+        raise ValueError("confidences must be probabilities in [0, 1]")
+    if bins < 1:
+        raise ValueError(f"need at least one bin, got {bins}")
+    confidences = confidences.clip(0, 1)  # float32 softmax can overshoot 1 by an ulp
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.searchsorted(edges[1:-1], confidences, side="left")  # right-closed bins
+    counts = np.bincount(which, minlength=bins)
+    hits = np.bincount(which, weights=correct, minlength=bins)
+    confidence_sums = np.bincount(which, weights=confidences, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy, confidence = hits / counts, confidence_sums / counts
+    # count / N * |hits / count - sum / count| = |hits - sum| / N, and empty bins add nothing.
+    ece = float(np.abs(hits - confidence_sums).sum() / len(confidences))
+    return Calibration(edges, counts, accuracy, confidence, ece)
+
+
 def evaluate_model(
-    model: torch.nn.Module, split: Split, device: torch.device | str = "cpu", batch_size: int = 1000
+    model: torch.nn.Module,
+    split: Split,
+    device: torch.device | str = "cpu",
+    batch_size: int = 1000,
+    *,
+    bf16: bool = False,
 ) -> Evaluation:
-    """Run the model over a split and measure everything `Evaluation` holds."""
+    """Run the model over a split (autocast to bfloat16 with `bf16`) and measure everything
+    `Evaluation` holds."""
     images, labels = to_tensors(split, device)
-    logits = predict_logits(model, images, batch_size).float()
+    logits = predict_logits(model, images, batch_size, bf16=bf16)
     loss = F.cross_entropy(logits, labels).item()
     probs = logits.softmax(1)
     confidences, predictions = probs.max(1)
@@ -113,29 +159,41 @@ def format_report(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
-def record_training(
-    model_path: Path,
-    model: torch.nn.Module,
-    history: list[dict],
-    test: Split | None,
-    device: torch.device | str,
-) -> Evaluation | None:
-    """Store the training history in the model file's metadata (so `evaluate` and `report`
-    can draw its curves) and, given the official test set, evaluate the chosen model on it,
-    once, and store that too. None: the test set was left unread."""
-    from . import checkpoint
+class NotRecordable(MnistDigitsError):
+    """An evaluation whose accuracy must not be stored in the model file.
 
-    evaluation = evaluate_model(model, test, device) if test is not None else None
-    _, metadata = checkpoint.read(model_path)
-    metadata.update(
-        history=history,
-        train_seconds=sum(h["seconds"] for h in history),
-        torch_threads=torch.get_num_threads(),
-    )
-    if evaluation is not None:
-        metadata.update(test_accuracy=evaluation.accuracy, test_loss=evaluation.loss)
-    checkpoint.save_model(model_path, model, metadata)  # type: ignore[arg-type]
-    return evaluation
+    `reason` names the choices as placeholders ({record}, {tta}, {val}) that `explain` fills:
+    with RECORD_TERMS, or the CLI's flags.
+    """
+
+    def __init__(self, reason: str, model: str = "") -> None:
+        self.reason, self.model = reason, model
+        super().__init__(self.explain(**RECORD_TERMS))
+
+    def explain(self, *, record: str, tta: str, val: str) -> str:
+        return self.reason.format(record=record, tta=tta, val=val, model=self.model)
+
+
+def check_recordable(model: str | Path, *, tta: bool, split: str) -> None:
+    """NotRecordable unless evaluating `model` so may store its test accuracy in the model file:
+    the network's own answers (no test-time augmentation), on the test split, in a file not shipped."""
+    from .pretrained import available
+
+    if tta:
+        raise NotRecordable(
+            "{record} stores the model's own test accuracy, which {tta} would change; leave out {tta}."
+        )
+    if split != "test":
+        raise NotRecordable(
+            "{record} stores the test accuracy; the validation accuracy is in the model file already "
+            "(as val_accuracy). Leave out {val}."
+        )
+    if str(model) in available():
+        raise NotRecordable(
+            "{record} writes into the model file; {model!r} is shipped with the package and "
+            "already holds its test accuracy.",
+            str(model),
+        )
 
 
 def record_ensemble(

@@ -18,11 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data import Mnist, Split, to_tensors
 from .errors import MnistDigitsError
 from .files import write_atomic
 from .model import IMAGE_SIZE
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+CHECK_IMAGES = 256  # images the export's logits are compared with PyTorch's on
+CALIBRATION_IMAGES = 512  # images int8 quantization is calibrated on
 
 
 class ExportError(MnistDigitsError):
@@ -179,6 +182,33 @@ def synthetic_digits(count: int, seed: int = 0) -> np.ndarray:
         small = canvas.filter(ImageFilter.GaussianBlur(scale / 2)).resize((IMAGE_SIZE, IMAGE_SIZE))
         images[i, 0] = np.asarray(small, dtype=np.float32) / 255.0
     return images
+
+
+@dataclass(frozen=True)
+class ExportImages:
+    """What an export is checked, calibrated and measured on; images (N, 1, 28, 28) in [0, 1]."""
+
+    check: np.ndarray  # compared with PyTorch on these
+    checked_on: str  # which images they are: "test", or "generated" (synthetic_digits)
+    calibration: np.ndarray | None  # int8 is calibrated on these; None: no int8 copy asked for
+    calibrated_on: str  # "training", or "generated"
+    test: tuple[np.ndarray, np.ndarray] | None  # MNIST's test images and labels; None: not at hand
+
+
+def export_images(mnist: Mnist | None, int8: bool = False) -> ExportImages:
+    """With MNIST: test images to check on, training images to calibrate on and the test set for
+    accuracy. Without it (None): generated digit-like images for both, and no accuracy."""
+    if mnist is None:
+        calibration = synthetic_digits(CALIBRATION_IMAGES, seed=1) if int8 else None
+        return ExportImages(synthetic_digits(CHECK_IMAGES), "generated", calibration, "generated", None)
+    test_images, test_labels = (t.numpy() for t in to_tensors(mnist.test))
+    calibration = None
+    if int8:
+        train = Split(mnist.train.images[:CALIBRATION_IMAGES], mnist.train.labels[:CALIBRATION_IMAGES])
+        calibration = to_tensors(train)[0].numpy()
+    return ExportImages(
+        test_images[:CHECK_IMAGES], "test", calibration, "training", (test_images, test_labels)
+    )
 
 
 def onnx_accuracy(model: OnnxModel, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:

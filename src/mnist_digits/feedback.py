@@ -11,16 +11,16 @@ import datetime as dt
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import platformdirs
 
 from . import idx
-from .data import Split, find_file
+from .data import Mnist, Split, find_file
 from .errors import MnistDigitsError
-from .files import write_atomic
+from .files import sha256_hex, write_atomic
 
 IMAGE_SIDE = 28  # pixels; MNIST's images are 28x28
 IMAGE_BYTES = IMAGE_SIDE * IMAGE_SIDE
@@ -140,3 +140,18 @@ def read_idx(directory: Path) -> Split:
     if (labels > 9).any():
         raise FeedbackError(f"{directory / LABELS_FILE}: holds labels that are not digits 0-9.")
     return Split(images, labels)
+
+
+def with_feedback_samples(mnist: Mnist, directory: Path) -> Mnist:
+    """`mnist` with the samples of an `export_idx` directory added to its training split."""
+    extra = read_idx(directory)
+    train = Split(
+        np.concatenate([mnist.train.images, extra.images]), np.concatenate([mnist.train.labels, extra.labels])
+    )
+    # Recorded in the model's metadata beside MNIST's checksums, so the model says what it saw.
+    sha256 = {
+        **mnist.sha256,
+        "extra-images": sha256_hex(idx.encode_idx(extra.images)),
+        "extra-labels": sha256_hex(idx.encode_idx(extra.labels)),
+    }
+    return replace(mnist, train=train, sha256=sha256)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +22,11 @@ from .errors import InputError
 from .files import sha256_hex, write_atomic
 from .model import IMAGE_SIZE
 
+if TYPE_CHECKING:
+    from .predict import Recognizer
+
 PIXELS = IMAGE_SIZE * IMAGE_SIZE  # 784 columns of pixels per row
+PIXEL_MAX = 255  # a CSV pixel's full ink; the model's inputs run from 0 to 1
 PIXEL_HEADER = [f"pixel{i}" for i in range(PIXELS)]
 
 
@@ -115,3 +121,23 @@ def submission_csv(labels: Sequence[int] | np.ndarray) -> bytes:
 def write_submission(path: Path | str, labels: Sequence[int] | np.ndarray) -> None:
     """Write the submission atomically."""
     write_atomic(Path(path), submission_csv(labels))
+
+
+@dataclass(frozen=True)
+class Submission:
+    path: Path  # the submission CSV written
+    count: int  # predictions in it, one per row of test.csv
+    uncertain: int  # of them, answers less probable than the recognizer's threshold
+
+
+def predict_submission(recognizer: Recognizer, test_csv: Path | str, output: Path | str) -> Submission:
+    """Predict every row of test.csv and write the submission to `output`; every row gets a digit.
+
+    The rows are MNIST's format already (centred 28x28, white on black): no preprocessing.
+    """
+    images = read_test_csv(test_csv)
+    # Not predict_pixels: it answers a blank row with no digit, and Kaggle scores every row.
+    probs = recognizer.probabilities(images.astype(np.float32) / PIXEL_MAX)
+    write_submission(output, probs.argmax(1))
+    uncertain = int((probs.max(1) < recognizer.threshold).sum())
+    return Submission(Path(output), len(probs), uncertain)

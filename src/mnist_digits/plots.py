@@ -9,19 +9,15 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib.ticker
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .evaluate import Evaluation
+from .evaluate import Calibration, Evaluation, calibration
 from .files import write_atomic
 from .model import NUM_CLASSES
-
-if TYPE_CHECKING:
-    from .report import Calibration
 
 ERROR_RED = "#b00020"
 
@@ -209,3 +205,25 @@ def reliability_figure(calibration: Calibration) -> Figure:
 
 def reliability_png(calibration: Calibration, path: Path) -> Path:
     return _save(reliability_figure(calibration), path)
+
+
+def write_evaluation_figures(
+    evaluation: Evaluation,
+    images: np.ndarray,
+    directory: Path,
+    which: str = "test",
+    history: Sequence[dict] | None = None,
+) -> list[Path]:
+    """Write confusion.png, reliability.png, misclassified.png of `evaluation` on `images` (N, 28, 28),
+    and curves.png of a training `history` if there is one, into `directory`; returns the paths."""
+    directory = Path(directory)
+    bins = calibration(evaluation.confidences, evaluation.correct)
+    wrong = misclassified_figure(evaluation, images, evaluation.labels, which=which)
+    figures = [
+        confusion_png(evaluation, directory / "confusion.png"),
+        reliability_png(bins, directory / "reliability.png"),
+        _save(wrong, directory / "misclassified.png"),
+    ]
+    if history:
+        figures.append(curves_png(history, directory / "curves.png"))
+    return figures

@@ -12,30 +12,23 @@ import html
 import math
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__, plots
-from .evaluate import Evaluation
+from .evaluate import Calibration, Evaluation, calibration
 from .files import write_atomic
 from .model import NUM_CLASSES
 
-CONFIDENCE_BINS = 15  # equal-width bins over [0, 1] for the reliability diagram and the ECE
+if TYPE_CHECKING:
+    from .checkpoint import LoadedModel
+
 Z_95 = 1.959963984540054  # standard normal quantile for a two-sided 95% interval
 GALLERY_LIMIT = 100  # misclassified digits drawn, most confident first
 TOP_CONFUSIONS = 5  # (true, predicted) pairs listed under the confusion matrix
 IMAGE_SHAPE = (28, 28)
-
-
-@dataclass(frozen=True)
-class Calibration:
-    edges: np.ndarray  # (bins + 1,) from 0 to 1; bin i holds confidences in (edges[i], edges[i + 1]]
-    counts: np.ndarray  # (bins,) images whose confidence falls in the bin
-    accuracy: np.ndarray  # (bins,) share of them predicted correctly; NaN where the bin is empty
-    confidence: np.ndarray  # (bins,) their mean confidence; NaN where the bin is empty
-    ece: float  # expected calibration error: sum over bins of count / N * |accuracy - confidence|
 
 
 def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
@@ -64,30 +57,23 @@ def format_accuracy(evaluation: Evaluation) -> str:
     )
 
 
-def calibration(confidences: np.ndarray, correct: np.ndarray, bins: int = CONFIDENCE_BINS) -> Calibration:
-    """Bin predictions by confidence and compare each bin's accuracy with its mean confidence."""
-    confidences = np.asarray(confidences, dtype=np.float64)
-    correct = np.asarray(correct, dtype=bool)
-    if confidences.ndim != 1 or confidences.shape != correct.shape or not len(confidences):
-        raise ValueError(
-            f"need two equally long, non-empty 1-D arrays; got confidences {confidences.shape}, "
-            f"correct {correct.shape}"
-        )
-    if not np.isfinite(confidences).all() or confidences.min() < 0 or confidences.max() > 1 + 1e-6:
-        raise ValueError("confidences must be probabilities in [0, 1]")
-    if bins < 1:
-        raise ValueError(f"need at least one bin, got {bins}")
-    confidences = confidences.clip(0, 1)  # float32 softmax can overshoot 1 by an ulp
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.searchsorted(edges[1:-1], confidences, side="left")  # right-closed bins
-    counts = np.bincount(which, minlength=bins)
-    hits = np.bincount(which, weights=correct, minlength=bins)
-    confidence_sums = np.bincount(which, weights=confidences, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        accuracy, confidence = hits / counts, confidence_sums / counts
-    # count / N * |hits / count - sum / count| = |hits - sum| / N, and empty bins add nothing.
-    ece = float(np.abs(hits - confidence_sums).sum() / len(confidences))
-    return Calibration(edges, counts, accuracy, confidence, ece)
+def model_details(
+    loaded: LoadedModel, evaluation: Evaluation, test_directory: Path, tta: bool = False
+) -> dict[str, str]:
+    """The rows of the table under a report's title: the model file, its networks, recipes and
+    training date (an ensemble's first member's), test-time augmentation and the test set."""
+    from .ensemble import TTA_VIEWS
+
+    members = loaded.members_metadata
+    recipes = dict.fromkeys(str((m.get("train_config") or {}).get("recipe", "unknown")) for m in members)
+    return {
+        "model": str(loaded.path),
+        "networks": f"{len(members)} (probabilities averaged)" if len(members) > 1 else "1",
+        "test-time augmentation": f"yes ({len(TTA_VIEWS)} views)" if tta else "no",
+        "recipe": ", ".join(recipes),
+        "trained": str((members[0].get("environment") or {}).get("date", "unknown")),
+        "test set": f"{test_directory} ({evaluation.count:,} images)",
+    }
 
 
 def write_report(

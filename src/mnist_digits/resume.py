@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from . import checkpoint
 from .errors import CheckpointError, MnistDigitsError
@@ -26,6 +27,7 @@ from .model import DigitNet
 
 EPOCH_PREFIX = "epoch."  # tensors of an epoch in progress
 AVERAGE_PREFIX = "average."  # the moving average of the weights, when training keeps one
+KEPT_PREFIX = "kept."  # the network of the epoch kept so far (the best by validation accuracy)
 
 # What a run writes in its directory (each through NAME.tmp, renamed into place when complete)
 CHECKPOINT = "checkpoint.safetensors"  # everything needed to resume, rewritten after every epoch
@@ -33,7 +35,12 @@ MODEL = "model.safetensors"  # the kept epoch's network
 HISTORY = "history.jsonl"  # one line of metrics per finished epoch
 RUN_FILES = (CHECKPOINT, MODEL, HISTORY)
 # The choices a RunDirectoryError's advice names, as `fit`'s arguments spell them
-LIBRARY_TERMS = {"resume": "resume=True", "overwrite": "overwrite=True", "elsewhere": "another run directory"}
+LIBRARY_TERMS = {
+    "resume": "resume=True",
+    "overwrite": "overwrite=True",
+    "elsewhere": "another run directory",
+    "same_data": "the same training data",
+}
 
 
 @dataclass
@@ -73,11 +80,13 @@ class TrainingState:
 
     model: DigitNet
     optimizer: torch.optim.Optimizer
-    scheduler: Any  # a train.Scheduler (typed loosely to keep the import one-way)
+    scheduler: Any  # an optim.Scheduler (typed loosely to keep the import one-way)
     generator: torch.Generator  # shuffling and augmentation
     history: list[EpochStats]  # one entry per finished epoch
     in_progress: EpochProgress | None = None  # set when stopped mid-epoch
-    average: torch.nn.Module | None = None  # the weight average (train.make_average), if any
+    average: AveragedModel | None = None  # the weight average (optim.make_average), if any
+    kept: dict[str, torch.Tensor] | None = None  # the kept epoch's network's weights (None: no epoch yet,
+    # or a checkpoint from before they were saved in it)
 
 
 def save_state(
@@ -92,6 +101,8 @@ def save_state(
             tensors[f"{checkpoint.OPTIMIZER_PREFIX}{index}.{key}"] = torch.as_tensor(value)
     if state.average is not None:
         tensors.update({AVERAGE_PREFIX + k: v for k, v in state.average.state_dict().items()})
+    if state.kept is not None:
+        tensors.update({KEPT_PREFIX + k: v for k, v in state.kept.items()})
     tensors[checkpoint.RNG_PREFIX + "torch"] = torch.get_rng_state()
     tensors[checkpoint.RNG_PREFIX + "generator"] = state.generator.get_state()
     if torch.cuda.is_available():
@@ -124,18 +135,17 @@ def restore_state(
     tensors, metadata = checkpoint.read(path)
     saved_data = metadata.get("data_identity")  # absent from checkpoints of older versions
     if saved_data is not None and saved_data != json.loads(json.dumps(data_identity)):
-        raise CheckpointError(
-            f"{path} was trained on other data ({_data_difference(saved_data, data_identity)}). Resume "
-            "with the same data options (--data-dir, --extra-idx, --train-csv, --dry-run), or start a "
-            "new run in another --out directory."
+        raise ResumeMismatch(
+            f"{path} was trained on other data ({_data_difference(saved_data, data_identity)}).",
+            "Resume with {same_data}, or start a new run in {elsewhere}.",
         )
     saved = json.loads(json.dumps(complete(metadata.get("train_config", {}))))
     wanted = json.loads(json.dumps(train_config))  # tuples become lists, as when saved
     if saved != wanted:
         changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-        raise CheckpointError(
-            f"{path} was made with other settings ({', '.join(changed)} differ). "
-            "Resume with the same options, or start a new run in another --out directory."
+        raise ResumeMismatch(
+            f"{path} was made with other settings ({', '.join(changed)} differ).",
+            "Resume with the same settings, or start a new run in {elsewhere}.",
         )
     device = next(state.model.parameters()).device
     state.model.load_state_dict(checkpoint.build_model(tensors, metadata, path).state_dict())
@@ -148,6 +158,8 @@ def restore_state(
     if state.average is not None:
         average = {k[len(AVERAGE_PREFIX) :]: v for k, v in tensors.items() if k.startswith(AVERAGE_PREFIX)}
         state.average.load_state_dict(average)
+    kept = {k[len(KEPT_PREFIX) :]: v.to(device) for k, v in tensors.items() if k.startswith(KEPT_PREFIX)}
+    state.kept = kept or None
     state.scheduler.load_state_dict(metadata["scheduler"])
     torch.set_rng_state(tensors[checkpoint.RNG_PREFIX + "torch"])
     state.generator.set_state(tensors[checkpoint.RNG_PREFIX + "generator"])
@@ -164,15 +176,20 @@ class RunDirectoryError(MnistDigitsError):
     """A run directory holding what the run as asked would replace, or nothing it could resume.
 
     `found` says what is there; `advice` what to do, its choices as placeholders ({resume},
-    {overwrite}, {elsewhere}) that `explain` fills: with `fit`'s arguments, or the CLI's flags.
+    {overwrite}, {elsewhere}, {same_data}) that `explain` fills: with `fit`'s arguments
+    (LIBRARY_TERMS), or the CLI's flags.
     """
 
     def __init__(self, found: str, advice: str) -> None:
         self.found, self.advice = found, advice
-        super().__init__(self.explain(**LIBRARY_TERMS))
+        super().__init__(self.explain())
 
-    def explain(self, *, resume: str, overwrite: str, elsewhere: str) -> str:
-        return f"{self.found} {self.advice.format(resume=resume, overwrite=overwrite, elsewhere=elsewhere)}"
+    def explain(self, **terms: str) -> str:
+        return f"{self.found} {self.advice.format_map({**LIBRARY_TERMS, **terms})}"
+
+
+class ResumeMismatch(RunDirectoryError, CheckpointError):
+    """A checkpoint made with other settings or other data than the run resuming it."""
 
 
 def run_files(run_dir: Path) -> list[str]:
