@@ -42,10 +42,10 @@ from mnist_digits.errors import MnistDigitsError
 from mnist_digits.files import write_atomic
 from mnist_digits.predict import Recognizer, load_model
 from mnist_digits.pretrained import available, resolve
+from mnist_digits.recipes import TrainConfig, held_out
 from mnist_digits.report import wilson_interval
 from mnist_digits.stress import mnist_as_uci
 from mnist_digits.stress import uci_as_image as as_image
-from mnist_digits.recipes import TrainConfig, held_out
 
 UCI = "UCI (43 writers)"
 CONTROL = "MNIST via UCI format"

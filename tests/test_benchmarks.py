@@ -232,3 +232,22 @@ def test_speed_benchmark_runs_the_keras_peer_in_the_same_invocation(tmp_path, mn
     compared = [row for row in result["rows"] if "peer" in row]
     assert len(compared) == 3 and all(row["speedup"] > 0 for row in compared)
     assert "speedup" in done.stdout and f"TensorFlow {result['keras']['tensorflow']}" in done.stdout
+
+
+def test_precision_benchmark_compares_bf16_with_fp32_and_says_what_auto_takes(tmp_path, mnist_dir):
+    out = tmp_path / "precision.json"
+    args = ["--models", "reference", "--limit", "300", "--batch", "100", "--json-out", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "precision.py"), *args],
+        env={**os.environ, "MNIST_DIGITS_DATA": str(mnist_dir)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert done.returncode == (0 if row["passes"] else 1), done.stderr
+    assert 0.9 < row["fp32_accuracy"] <= 1 and 0.9 < row["bf16_accuracy"] <= 1
+    assert row["same_digit"] > 0.98 and row["bf16_images_per_second"] > 0
+    assert row["points_apart"] == pytest.approx(100 * abs(row["bf16_accuracy"] - row["fp32_accuracy"]))
+    assert "--precision auto here: precision" in done.stdout and result["auto"] in done.stdout

@@ -121,3 +121,13 @@ def test_kaggle_and_paths_do_not_mix(tiny_model_file, tmp_path, capsys):
     assert code == 1 and "-o FILE" in err
     code, _, err = run(capsys, "--model", str(tiny_model_file))
     assert code == 1 and "give image files" in err
+
+
+def test_workers_and_precision_options_are_checked(folder, tiny_model_file, capsys):
+    files = [str(folder / "a_seven.png")]
+    code, _, err = run(capsys, *files, "--model", str(tiny_model_file), "--workers", "0")
+    assert code == 1 and "--workers 0: give 1 or more." in err
+    code, out, _ = run(
+        capsys, *files, "--model", str(tiny_model_file), "--workers", "1", "--precision", "fp32"
+    )
+    assert code == 0 and "a_seven.png" in out

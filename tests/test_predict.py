@@ -1,13 +1,20 @@
 """The Python API: typed predictions for paths, PIL images and arrays, and the shipped model's
 accuracy on realistic renderings of MNIST test digits it never trained on."""
 
+import functools
 import io
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_digits import load_model, render
+from mnist_digits import load_model, predict, render
+from mnist_digits.errors import InputError, MnistDigitsError
 from mnist_digits.predict import NO_DIGIT, NumberReading, Prediction, Recognizer
 
 # The shipped model scores about 99.6% on MNIST's test set; on the first 300 test digits it
@@ -164,3 +171,144 @@ def test_recognizer_wraps_any_loaded_network(tiny_model_file):
     loaded = checkpoint.load_model(tiny_model_file)
     recognizer = Recognizer(loaded.model, threshold=0.5)
     assert recognizer.threshold == 0.5 and len(recognizer.predict(np.eye(28))) == 1
+
+
+# --- many inputs: a pool of worker processes gives the serial answers -----------------------------
+
+
+@pytest.fixture(scope="module")
+def folder_of_files(tmp_path_factory, test_digits) -> list:
+    """80 inputs: small digit files (most of them), with unreadable ones and a bad array among them."""
+    folder = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(0)
+    inputs: list = []
+    for i, digit in enumerate(test_digits.images[:72]):
+        image = Image.fromarray(255 - digit).resize((56, 56))  # dark ink on white, as people draw
+        inputs.append(save(image if i % 3 else render.noisy(digit, rng), folder / f"{i:02d}.png"))
+    (folder / "notes.png").write_text("shopping list")
+    (folder / "cut.png").write_bytes(inputs[1].read_bytes()[:60])
+    bad = {5: folder / "notes.png", 17: folder / "missing.png", 40: folder / "cut.png"}
+    bad |= {41: np.zeros((2, 2, 7)), 63: Image.new("L", (40, 40), 255), 70: folder}
+    for index in sorted(bad):
+        inputs.insert(index, bad[index])
+    return inputs
+
+
+def assert_same_predictions(pooled: list[Prediction], serial: list[Prediction]) -> None:
+    assert [p.source for p in pooled] == [p.source for p in serial]
+    assert [p.digit for p in pooled] == [p.digit for p in serial]
+    assert [p.error for p in pooled] == [p.error for p in serial]
+    for p, q in zip(pooled, serial, strict=True):
+        assert (p.probabilities is None) == (q.probabilities is None)
+        if p.probabilities is not None:
+            assert np.abs(p.probabilities - q.probabilities).max() <= 1e-6
+            assert np.array_equal(p.input, q.input)  # the same preprocessing, bit for bit
+
+
+def test_a_pool_gives_the_serial_answers_in_order_with_errors_in_their_rows(untrained, folder_of_files):
+    serial = Recognizer(untrained.model, workers=1).predict(folder_of_files)
+    pooled = Recognizer(untrained.model, workers=2).predict(folder_of_files)
+    assert len(pooled) == len(folder_of_files) == 78
+    assert_same_predictions(pooled, serial)
+    errors = {i: p.error for i, p in enumerate(pooled) if p.digit is None}
+    assert set(errors) == {5, 17, 40, 41, 63, 70}  # the bad inputs, where they were given
+    assert "notes.png: not a readable image" in errors[5] and "missing.png: no such file" in errors[17]
+    assert "cut.png: the PNG data is truncated" in errors[40]
+    assert errors[41].startswith("image 41: an image array must be") and errors[63] == NO_DIGIT
+    assert "is a directory" in errors[70]
+    expected = [str(x) if isinstance(x, Path) else f"image {i}" for i, x in enumerate(folder_of_files)]
+    assert [p.source for p in pooled] == expected
+
+
+def test_a_pool_reads_numbers_as_this_process_does(untrained, folder_of_files):
+    serial = Recognizer(untrained.model, workers=1).read_number(folder_of_files)
+    pooled = Recognizer(untrained.model, workers=2).read_number(folder_of_files)
+    assert [r.text for r in pooled] == [r.text for r in serial]
+    assert [r.error for r in pooled] == [r.error for r in serial]
+    assert [r.boxes for r in pooled] == [r.boxes for r in serial]
+    for r, s in zip(pooled, serial, strict=True):
+        assert r.probability == pytest.approx(s.probability, abs=1e-6)
+
+
+class CountingPool(ProcessPoolExecutor):
+    started: ClassVar[list[int]] = []  # the workers of each pool made
+
+    def __init__(self, workers: int, **kwargs) -> None:
+        CountingPool.started.append(workers)
+        super().__init__(workers, **kwargs)
+
+
+def test_few_inputs_or_one_worker_are_read_in_this_process(untrained, folder_of_files, monkeypatch):
+    monkeypatch.setattr(predict, "ProcessPoolExecutor", CountingPool)
+    CountingPool.started = []
+    few = folder_of_files[: predict.MIN_POOL_INPUTS - 1]
+    assert len(Recognizer(untrained.model, workers=8).predict(few)) == len(few)
+    assert len(Recognizer(untrained.model, workers=1).predict(folder_of_files)) == len(folder_of_files)
+    assert CountingPool.started == []
+    enough = folder_of_files[: predict.MIN_POOL_INPUTS]
+    Recognizer(untrained.model, workers=8).predict(enough)
+    Recognizer(untrained.model).read_number(enough)  # None: one per core
+    # A worker per task at most: 64 inputs make 2 tasks.
+    assert CountingPool.started == [2, min(2, predict.default_workers())]
+
+
+def test_a_pool_works_with_spawned_workers(untrained, folder_of_files, monkeypatch):
+    """Spawned workers import the module anew (the default on macOS and Windows): all they are
+    given must be importable from it, nothing defined in a test or a script."""
+    spawn = multiprocessing.get_context("spawn")
+    monkeypatch.setattr(
+        predict, "ProcessPoolExecutor", functools.partial(ProcessPoolExecutor, mp_context=spawn)
+    )
+    inputs = folder_of_files[: predict.MIN_POOL_INPUTS]
+    pooled = Recognizer(untrained.model, workers=2).predict(inputs)
+    assert_same_predictions(pooled, Recognizer(untrained.model, workers=1).predict(inputs))
+
+
+def _die(*_: object) -> None:
+    os._exit(3)  # a worker killed, as for memory
+
+
+def test_a_worker_that_dies_is_an_error_that_says_what_to_do(untrained, folder_of_files, monkeypatch):
+    monkeypatch.setattr(predict, "prepare_inputs", _die)
+    with pytest.raises(MnistDigitsError, match=r"worker process .* set workers=1") as error:
+        Recognizer(untrained.model, workers=2).predict(folder_of_files)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("workers", [0, -2, 1.5, True, "4"])
+def test_workers_must_be_a_number_of_processes(untrained, workers):
+    with pytest.raises(InputError, match=r"workers .*: give a number of processes"):
+        Recognizer(untrained.model, workers=workers)
+
+
+def test_load_model_takes_workers(tiny_model_file):
+    assert load_model(tiny_model_file, workers=3).workers == 3
+    assert load_model(tiny_model_file).workers is None and predict.default_workers() >= 1
+
+
+def test_images_in_memory_go_to_the_workers_in_smaller_tasks():
+    paths = [(f"{i}.png", f"{i}.png") for i in range(100)]
+    assert [len(c) for c in predict._chunks(paths)] == [32, 32, 32, 4]
+    photo = np.zeros((4000, 3000, 3), np.uint8)  # 36 MB, as a phone photo decoded
+    drawing = Image.new("RGB", (280, 280))
+    named = [("a", photo), ("b", drawing), ("c", "c.png"), ("d", photo), ("e", photo)]
+    assert [[name for name, _ in c] for c in predict._chunks(named)] == [["a"], ["b", "c", "d"], ["e"]]
+
+
+def test_precision_auto_takes_bf16_only_where_native_and_bf16_gives_the_same_digits(
+    reference_model_path, test_digits, monkeypatch
+):
+    from mnist_digits import device
+
+    rng = np.random.default_rng(0)
+    images = [render.large(d, rng) for d in test_digits.images[:24]]  # scaled-up, as photographed
+    monkeypatch.setattr(device, "native_bf16", lambda d: None)  # a CPU without it: fp32
+    fp32 = load_model(reference_model_path)
+    assert fp32.bf16 is False
+    monkeypatch.setattr(device, "native_bf16", lambda d: "AMX")  # a CPU with it: bf16 by default
+    auto = load_model(reference_model_path)
+    assert auto.bf16 is True and load_model(reference_model_path, precision="fp32").bf16 is False
+    expected = [p.digit for p in fp32.predict(images)]
+    assert [p.digit for p in auto.predict(images)] == expected
+    with pytest.raises(MnistDigitsError, match="unknown precision 'half'"):
+        load_model(reference_model_path, precision="half")

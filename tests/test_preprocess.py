@@ -5,7 +5,7 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
-from mnist_digits import preprocess, render
+from mnist_digits import filters, grouping, preprocess, render
 from mnist_digits.preprocess import (
     Blob,
     group_blobs,
@@ -210,3 +210,129 @@ def test_a_shadow_at_the_border_of_a_photo_is_not_part_of_the_digit():
     shadowed = preprocess.preprocess(photo)
     assert clean is not None and shadowed is not None
     assert correlation(clean, shadowed) > 0.95
+
+
+# --- the fast paths give the numbers of the scipy calls they replace --------------------------------
+
+
+def paper_with_ink(shape, rng, paper=1.0, share=0.3):
+    """A coarse lighting grid as a drawing gives it: mostly one value (the paper), and ink cells
+    scattered (or in one disk in the middle, with `share` None)."""
+    values = np.full(shape, paper, np.float32)
+    rows, cols = np.indices(shape)
+    middle = (rows - shape[0] / 2) ** 2 + (cols - shape[1] / 2) ** 2 < (min(shape) / 3.5) ** 2
+    ink = middle if share is None else rng.random(shape) < share
+    values[ink] = rng.random(int(ink.sum())).astype(np.float32)
+    return values
+
+
+@pytest.mark.parametrize("percentile", [25, 50, 100])
+def test_percentile_filter_is_scipys(percentile):
+    rng = np.random.default_rng(0)
+    images = [
+        rng.random((32, 32)).astype(np.float32),  # no ties: numpy sorts every window
+        paper_with_ink((32, 32), rng),  # the paper settles all windows, some or too few
+        paper_with_ink((32, 24), rng, paper=0.0),
+        paper_with_ink((32, 32), rng, share=None),
+        paper_with_ink((32, 32), rng, paper=0.0, share=None),
+        np.round(rng.random((16, 16)) * 4).astype(np.float32) / 4,  # ties of a few values
+        rng.random((2, 3)).astype(np.float32),
+        np.ones((5, 5), np.float32),
+        paper_with_ink((64, 64), rng),  # a fine lighting grid: too many windows to copy out
+    ]
+    for image in images:
+        size = max(3, max(image.shape) // 2 | 1)
+        expected = ndi.percentile_filter(image, percentile, size=size, mode="nearest")
+        filtered = filters.percentile_filter(image, percentile, size)
+        assert filtered.dtype == expected.dtype and np.array_equal(filtered, expected)
+
+
+def test_median_and_pixel_noise_are_numpys():
+    rng = np.random.default_rng(1)
+    for values in [rng.random(7), rng.random(8).astype(np.float32), np.array([3.0, 1.0, 1.0, 2.0])]:
+        assert filters.median(values) == np.median(values)
+    clean = np.asarray(drawing([[(100, 50), (120, 250)]]), np.float32) / 255  # most neighbours equal
+    for gray in [clean, clean + rng.normal(0, 0.05, clean.shape).astype(np.float32)]:
+        differences = np.diff(gray[:: max(1, gray.shape[0] // 128)], axis=1)
+        mad = np.median(np.abs(differences - np.median(differences)))
+        assert filters.pixel_noise(gray) == 1.4826 * float(mad) / np.sqrt(2)
+
+
+def test_blur_is_scipys_gaussian_filter():
+    rng = np.random.default_rng(2)
+    image = rng.random((40, 30)).astype(np.float32)
+    for sigma in (0.5, 0.6, 2.7, 5.3):
+        assert np.array_equal(filters.blur(image, sigma, "reflect"), ndi.gaussian_filter(image, sigma))
+        stacked = np.stack([image, image[::-1]])
+        expected = ndi.gaussian_filter(stacked, sigma, mode="nearest", axes=(1, 2))
+        assert np.array_equal(filters.blur(stacked, sigma, "nearest", axes=(1, 2)), expected)
+
+
+def test_ink_of_and_thickening_keep_what_dilating_and_the_exact_width_gave():
+    """ink_of dilates with one maximum filter, and thickening first tries the chessboard distance:
+    both are pinned to the slower formulas they replace."""
+    rng = np.random.default_rng(3)
+    for pen in (3, 12, 40):  # thin, MNIST-like and bold strokes on a 400x300 canvas
+        image = drawing(
+            [[(60, 60), (200, 240)], [(260, 40), (330, 260)], [(300, 280), (310, 285)]], width=pen
+        )
+        ink_map = preprocess.find_ink(image)
+        assert ink_map is not None
+        for blobs in (ink_map.blobs, ink_map.blobs[:1]):
+            ink, mask = preprocess.ink_of(ink_map, blobs)
+            union, pad = grouping.union(blobs), ink_map.fringe
+            rows = slice(max(0, union.top - pad), union.bottom + pad)
+            cols = slice(max(0, union.left - pad), union.right + pad)
+            labels = ink_map.labels[rows, cols]
+            expected_mask = np.isin(labels, [b.label for b in blobs])
+            region = ndi.binary_dilation(expected_mask, structure=np.ones((3, 3), bool), iterations=pad)
+            assert np.array_equal(mask, expected_mask)
+            assert np.array_equal(ink, ink_map.ink[rows, cols] * region)
+            thick = preprocess.thicken_thin_strokes(ink, mask)
+            scale = 20 / max(ink.shape)
+            if stroke_width(mask) * scale >= preprocess.DEFAULT_CONFIG.min_stroke:
+                assert thick is ink
+            else:
+                assert thick.shape[0] > ink.shape[0]
+    noise = rng.random((120, 90)) < 0.5  # any mask: the chessboard width never exceeds the true one
+    chessboard = ndi.distance_transform_cdt(np.pad(noise, 1), metric="chessboard")
+    assert preprocess._width(chessboard) <= stroke_width(noise)
+
+
+def test_a_lone_blob_is_found_as_find_objects_finds_it():
+    ink_map = preprocess.find_ink(drawing([[(100, 50), (160, 250), (300, 90)]]))
+    assert ink_map is not None and len(ink_map.blobs) == 1
+    [blob] = ink_map.blobs
+    [(rows, cols)] = ndi.find_objects(ink_map.labels)
+    assert (blob.top, blob.left, blob.bottom, blob.right) == (rows.start, cols.start, rows.stop, cols.stop)
+    assert blob.area == int((ink_map.labels == 1).sum()) and type(blob.top) is int
+    assert group_blobs(ink_map.blobs) == [ink_map.blobs]
+
+
+def test_a_constant_grid_enlarges_to_itself_as_the_lighting_shortcut_assumes():
+    """_coarse_percentile skips enlarging a grid of one value: Pillow's weights sum to 1."""
+    rng = np.random.default_rng(4)
+    for value in (0.0, 1.0, float(rng.random()), 1e-4):
+        for source, target in [((32, 32), (280, 280)), ((32, 21), (700, 455)), ((5, 32), (17, 97))]:
+            grid = np.full(source, value, np.float32)
+            enlarged = preprocess._resize_to(grid, target, Image.Resampling.BILINEAR)
+            assert np.array_equal(enlarged, np.full(target, np.float32(value)))
+
+
+def test_the_shortcuts_of_find_ink_rest_on_exact_identities():
+    """A small image's paper, for dark ink, comes from gray's mirrored rank; a clean image's blur
+    from its ink's box alone. Both give the very numbers of the direct computation."""
+    rng = np.random.default_rng(5)
+    gray = np.round(rng.random((16, 16)) * 255).astype(np.float32) / 255
+    size = 9
+    quarter = int(81 * 25 / 100)
+    [mirrored] = filters.rank_filters(gray, (81 - 1 - quarter,), size)
+    assert np.array_equal(1.0 - mirrored, filters.percentile_filter(1.0 - gray, 25, size))
+    ink = np.zeros((280, 280), np.float32)
+    ink[100:160, 40:90] = rng.random((60, 50))  # a stroke's ink, nothing elsewhere
+    for sigma in (0.5, 0.9):
+        box = preprocess._inked_box(ink, 2 * int(4 * sigma + 0.5))
+        assert ink[box].size < ink.size / 4
+        smooth = np.zeros_like(ink)
+        smooth[box] = filters.blur(ink[box], sigma, "reflect")
+        assert np.array_equal(smooth, ndi.gaussian_filter(ink, sigma))

@@ -71,12 +71,20 @@ def add_predict(commands: Commands) -> None:
         help="run the network with PyTorch or ONNX Runtime (onnx: the model is exported once and "
         "cached; an .onnx --model is used as it is; needs the [onnx] extra)",
     )
-    _device_option(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes that open and preprocess the images (default: one per core; 1: all in this "
+        "process); fewer than 64 images are always read in this process",
+    )
+    _device_option(p, precision=True)
     p.set_defaults(run=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     from . import predict
+    from . import results as shown
     from .images import expand_paths
 
     if not 0.0 <= args.threshold <= 1.0:
@@ -87,8 +95,16 @@ def run_predict(args: argparse.Namespace) -> int:
         raise MnistDigitsError("-o is for the Kaggle submission: use it with --kaggle test.csv.")
     if not args.kaggle and not args.paths:
         raise MnistDigitsError("give image files, folders or globs (or --kaggle test.csv -o submission.csv).")
+    if args.workers is not None and args.workers < 1:
+        raise MnistDigitsError(f"--workers {args.workers}: give 1 or more.")
     recognizer = predict.load_model(
-        args.model, args.device, args.threshold, tta=args.tta, runtime=args.runtime
+        args.model,
+        args.device,
+        args.threshold,
+        tta=args.tta,
+        runtime=args.runtime,
+        workers=args.workers,
+        precision=args.precision,
     )
     if args.kaggle:
         from .kaggle import predict_submission
@@ -107,20 +123,20 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.multi:
         read = iter(recognizer.read_number(files))
         readings = [next(read) if p is None else predict.NumberReading.failure(s, p) for s, p in entries]
-        table, rows = predict.format_numbers(readings, args.threshold), predict.numbers_csv(readings)
+        table, rows = shown.format_numbers(readings, args.threshold), shown.numbers_csv(readings)
         results, digits = readings, [d for r in readings for d in r.digits]
     else:
         found = iter(recognizer.predict(files))
         predictions = [next(found) if p is None else predict.Prediction.failure(s, p) for s, p in entries]
-        table = predict.format_predictions(predictions, args.threshold)
-        rows = predict.predictions_csv(predictions)
+        table = shown.format_predictions(predictions, args.threshold)
+        rows = shown.predictions_csv(predictions)
         results, digits = predictions, predictions
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         print(rows if args.csv else table, end="" if args.csv else "\n")
     if args.save_inputs:
-        written = predict.save_inputs(args.save_inputs, digits)
+        written = shown.save_inputs(args.save_inputs, digits)
         _stderr(f"wrote {len(written)} model inputs (28x28 PNG) to {args.save_inputs}")
     failed = [r for r in results if r.error and r.error != predict.NO_DIGIT]
     return EXIT_ERROR if failed else EXIT_OK
@@ -136,7 +152,7 @@ def add_serve(commands: Commands) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: 8000)")
     _model_option(p, tta=True)
-    _device_option(p)
+    _device_option(p, precision=True)
     p.add_argument(
         "--feedback-db",
         type=Path,
@@ -190,6 +206,7 @@ def run_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         device=args.device,
+        precision=args.precision,
         tta=args.tta,
         feedback_db=args.feedback_db,
         allowed_origins=tuple(args.allow_origin),

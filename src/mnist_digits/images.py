@@ -80,6 +80,17 @@ def open_image(
             ) from e
 
 
+def open_input(source: object, max_side: int | None = None, name: str = "") -> Image.Image | np.ndarray:
+    """An image to preprocess from anything `Recognizer.predict` takes: a file's path or bytes are
+    opened (`open_image`), a PIL image or an array is used as it is; InputError for anything else."""
+    if isinstance(source, str | Path | bytes):
+        return open_image(source, max_side=max_side, name=name)
+    if isinstance(source, Image.Image | np.ndarray):
+        return source
+    kind = type(source).__name__
+    raise InputError(f"{name or 'image'}: cannot read a {kind}; give a path, a PIL image or a numpy array.")
+
+
 def _is_special_file(path: Path) -> bool:
     """Whether `path` exists and is neither a regular file nor a folder (a FIFO, socket or device)."""
     try:

@@ -121,7 +121,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        values = dict(values)
+        """A saved config; one saved before `precision` existed trained in fp32."""
+        values = {"precision": "fp32", **values}
         values["augment"] = AugmentConfig(**values["augment"])
         values["model"] = ModelConfig.from_dict(values["model"])
         return cls(**values)
@@ -194,7 +195,7 @@ def complete_saved(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config with the fields added since it was written, at their defaults (precision at
     fp32, which every run made before that field trained in)."""
     try:
-        return TrainConfig.from_dict({"precision": "fp32", **saved}).to_dict()
+        return TrainConfig.from_dict(saved).to_dict()
     except (KeyError, TypeError, MnistDigitsError):
         return saved  # not a config this version can read: compared as it is, and refused
 

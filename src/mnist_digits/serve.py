@@ -59,6 +59,7 @@ class ServeConfig:
     host: str = "127.0.0.1"  # interface to listen on; loopback keeps the server private to this machine
     port: int = 8000  # TCP port; 0 lets the system pick a free one
     device: str = "cpu"  # where the model runs: cpu, cuda, auto
+    precision: str = "auto"  # bf16 autocast where the device computes it natively, else fp32; or force one
     tta: bool = False  # test-time augmentation: average over 5 views of each image
     feedback_db: Path | None = None  # SQLite file for corrections; None: the user data directory
     allowed_origins: tuple[str, ...] = ()  # other web origins allowed to call the API (CORS); none by default
@@ -90,7 +91,9 @@ def create_app(config: ServeConfig) -> FastAPI:
     from .predict import load_model
 
     _check_origins(config.allowed_origins)
-    recognizer = load_model(config.model, pick_device(config.device), tta=config.tta)
+    recognizer = load_model(
+        config.model, pick_device(config.device), tta=config.tta, precision=config.precision
+    )
     store = FeedbackStore(config.feedback_db)
     store.count()  # a database that cannot be opened stops the start, not a person's first correction
     static = {name: (resources.files("mnist_digits") / "static" / name).read_bytes() for name in STATIC_FILES}
