@@ -253,3 +253,15 @@ def test_models_json_gives_sizes_accuracies_and_latency(capsys):
         assert 0 < m["latency_ms"] < 1000 and 0.99 < m["test_accuracy"] <= 1
     assert models["ensemble"]["networks"] == 10 and models["best"]["networks"] == 1
     assert models["ensemble"]["parameters"] > 5 * models["best"]["parameters"]
+
+
+def test_library_errors_reach_the_command_line_in_its_words(tmp_path, capsys, monkeypatch):
+    """The library's advice names its own arguments; the command line's names its flags."""
+    monkeypatch.delenv("MNIST_DIGITS_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(["evaluate", "--data-dir", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err
+    assert "give as --data-dir (or $MNIST_DIGITS_DATA) the folder" in err and "data_dir" not in err
+    assert main(["feedback", "export", "--out", str(tmp_path), "--feedback-db", str(tmp_path / "x.db")]) == 1
+    err = capsys.readouterr().err
+    assert "or choose another file with --feedback-db." in err and "another database path" not in err

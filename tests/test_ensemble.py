@@ -246,7 +246,7 @@ def test_predict_with_onnx_runtime_matches_pytorch(tmp_path, monkeypatch, test_d
     assert main(["predict", "--model", str(onnx_file), "--json", str(image)]) == 0
     [row] = json.loads(capsys.readouterr().out)
     assert row["digit"] == by_torch[0].digit
-    with pytest.raises(Exception, match="--tta needs the PyTorch model"):
+    with pytest.raises(Exception, match="test-time augmentation needs the PyTorch model"):
         load_model(onnx_file, tta=True)
 
 

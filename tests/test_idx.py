@@ -162,7 +162,8 @@ def test_corrupt_gzip_stream(tmp_path: Path, damage) -> None:
     message = str(caught.value)
     assert str(path) in message
     assert "gzip stream is corrupt or truncated" in message
-    assert "mnist-digits data --fetch" in message
+    assert "data.locate(fetch=True)" in message
+    assert "mnist-digits data --fetch" in caught.value.explain(fetch="`mnist-digits data --fetch`")
 
 
 def test_no_more_is_read_than_the_header_promises(tmp_path: Path) -> None:

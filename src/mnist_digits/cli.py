@@ -19,6 +19,7 @@ from .cli_options import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    FLAGS,
     RECIPE_NAMES,
     _data_options,
 )
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"interrupted: {e} Continue it: run the same command with --resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except MnistDigitsError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.explain(**FLAGS)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted.", file=sys.stderr)

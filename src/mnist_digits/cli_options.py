@@ -19,6 +19,26 @@ RECIPE_NAMES = ("reference", "fast", "lean", "best", "full")
 DEFAULT_THRESHOLD = 0.80
 PRECISIONS = ("auto", "fp32", "bf16")  # device.PRECISIONS
 
+# The command line's words for the choices errors name (errors.LIBRARY_TERMS): its flags
+FLAGS = {
+    "resume": "--resume",
+    "overwrite": "--overwrite",
+    "elsewhere": "another --out directory",
+    "same_data": "the same data options (--data-dir, --extra-idx, --train-csv, --dry-run)",
+    "data_dir": "--data-dir (or $MNIST_DIGITS_DATA)",
+    "no_verify": "--no-verify",
+    "fetch": "`mnist-digits data --fetch`",
+    "feedback_db": "another file with --feedback-db",
+    "feedback_export": "`mnist-digits feedback export --out DIR`",
+    "port": "another with --port",
+    "allow_origin": "--allow-origin",
+    "tta": "--tta",
+    "max_connections": "--max-connections",
+    "header_timeout": "--header-timeout",
+    "body_timeout": "--body-timeout",
+    "keep_alive_timeout": "--keep-alive-timeout",
+}
+
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # add_subparsers' result
 
 

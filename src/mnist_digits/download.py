@@ -59,7 +59,8 @@ def download(
     raise DataError(
         f"could not download {dest.name} from any mirror:\n  "
         + "\n  ".join(failures)
-        + "\nCheck the network, or put the MNIST files in a directory and pass --data-dir."
+        + "\nCheck the network,",
+        advice="or put the MNIST files in a folder and name it as {data_dir}.",
     )
 
 

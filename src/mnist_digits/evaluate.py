@@ -168,10 +168,10 @@ class NotRecordable(MnistDigitsError):
 
     def __init__(self, reason: str, model: str = "") -> None:
         self.reason, self.model = reason, model
-        super().__init__(self.explain(**RECORD_TERMS))
+        super().__init__(self.explain())
 
-    def explain(self, *, record: str, tta: str, val: str) -> str:
-        return self.reason.format(record=record, tta=tta, val=val, model=self.model)
+    def explain(self, **terms: str) -> str:
+        return self.reason.format_map({**RECORD_TERMS, **terms, "model": self.model})
 
 
 def check_recordable(model: str | Path, *, tta: bool, split: str) -> None:

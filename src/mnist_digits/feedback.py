@@ -71,8 +71,8 @@ class FeedbackStore:
                 yield connection
         except (sqlite3.Error, OSError) as e:
             raise FeedbackError(
-                f"{self.path}: cannot use the feedback database ({e}). "
-                "Check that the directory is writable, or choose another file with --feedback-db."
+                f"{self.path}: cannot use the feedback database ({e}).",
+                advice="Check that the directory is writable, or choose {feedback_db}.",
             ) from e
 
     def add(self, image: np.ndarray, label: int, predicted: int | None, model: str) -> int:
@@ -106,8 +106,9 @@ class FeedbackStore:
         """Write every sample as `feedback-images-idx3-ubyte` and `feedback-labels-idx1-ubyte`."""
         if not self.path.is_file():
             raise FeedbackError(
-                f"{self.path}: no feedback database here yet. Start `mnist-digits serve` and correct "
-                "some answers on the page, or name the right file with --feedback-db."
+                f"{self.path}: no feedback database here yet.",
+                advice="Start `mnist-digits serve` and correct some answers on the page, or choose "
+                "{feedback_db}.",
             )
         samples = self.split()
         directory = Path(directory)
@@ -125,8 +126,8 @@ def read_idx(directory: Path) -> Split:
         path = find_file(directory, name)
         if path is None:
             raise FeedbackError(
-                f"{directory}: {name} is missing. "
-                "Write the pair with `mnist-digits feedback export --out DIR`."
+                f"{directory}: {name} is missing.",
+                advice="Write the pair with {feedback_export}.",
             )
         arrays.append(idx.parse_idx(idx.read_bytes(path), magic, str(path)))
     images, labels = arrays

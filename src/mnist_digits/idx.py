@@ -42,8 +42,8 @@ def read_bytes(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise IdxError(
-            f"{path}: the gzip stream is corrupt or truncated ({e}). "
-            "Delete the file and fetch it again with `mnist-digits data --fetch`."
+            f"{path}: the gzip stream is corrupt or truncated ({e}).",
+            advice="Delete the file and fetch it again with {fetch}.",
         ) from e
     except OSError as e:
         raise IdxError(f"{path}: cannot read the file ({e.strerror or e}).") from e

@@ -352,7 +352,9 @@ def load_model(
         raise InputError(f"unknown runtime {runtime!r}; choose torch or onnx.")
     if Path(name_or_path).suffix == ".onnx":
         if tta:
-            raise InputError("--tta needs the PyTorch model: give a .safetensors file or a shipped name.")
+            raise InputError(
+                "test-time augmentation needs the PyTorch model: give a .safetensors file or a shipped name."
+            )
         return Recognizer(
             OnnxModel.load(Path(name_or_path)), threshold=threshold, path=Path(name_or_path), workers=workers
         )

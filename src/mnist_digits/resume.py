@@ -34,13 +34,6 @@ CHECKPOINT = "checkpoint.safetensors"  # everything needed to resume, rewritten 
 MODEL = "model.safetensors"  # the kept epoch's network
 HISTORY = "history.jsonl"  # one line of metrics per finished epoch
 RUN_FILES = (CHECKPOINT, MODEL, HISTORY)
-# The choices a RunDirectoryError's advice names, as `fit`'s arguments spell them
-LIBRARY_TERMS = {
-    "resume": "resume=True",
-    "overwrite": "overwrite=True",
-    "elsewhere": "another run directory",
-    "same_data": "the same training data",
-}
 
 
 @dataclass
@@ -176,16 +169,12 @@ class RunDirectoryError(MnistDigitsError):
     """A run directory holding what the run as asked would replace, or nothing it could resume.
 
     `found` says what is there; `advice` what to do, its choices as placeholders ({resume},
-    {overwrite}, {elsewhere}, {same_data}) that `explain` fills: with `fit`'s arguments
-    (LIBRARY_TERMS), or the CLI's flags.
+    {overwrite}, {elsewhere}, {same_data}) that `explain` fills (errors.LIBRARY_TERMS, or the
+    CLI's flags).
     """
 
     def __init__(self, found: str, advice: str) -> None:
-        self.found, self.advice = found, advice
-        super().__init__(self.explain())
-
-    def explain(self, **terms: str) -> str:
-        return f"{self.found} {self.advice.format_map({**LIBRARY_TERMS, **terms})}"
+        super().__init__(found, advice=advice)
 
 
 class ResumeMismatch(RunDirectoryError, CheckpointError):

@@ -75,14 +75,10 @@ class ServeConfig:
     torch_threads: int = 1  # threads per forward pass; concurrent requests use the other cores
 
     def __post_init__(self) -> None:
-        for option, value in (
-            ("--max-connections", self.max_connections),
-            ("--header-timeout", self.header_timeout),
-            ("--body-timeout", self.body_timeout),
-            ("--keep-alive-timeout", self.keep_alive_timeout),
-        ):
+        for name in ("max_connections", "header_timeout", "body_timeout", "keep_alive_timeout"):
+            value = getattr(self, name)
             if not value > 0:  # NaN too
-                raise MnistDigitsError(f"{option} {value}: give a positive number.")
+                raise MnistDigitsError(advice=f"{{{name}}} {value}: give a positive number.")
 
 
 def create_app(config: ServeConfig) -> FastAPI:
@@ -274,8 +270,8 @@ def run(config: ServeConfig, announce: Callable[[str], None] = print) -> None:
     except OSError as e:
         sock.close()
         raise MnistDigitsError(
-            f"cannot listen on {config.host}:{config.port} ({e.strerror or e}). "
-            "Is another server using the port? Choose another with --port."
+            f"cannot listen on {config.host}:{config.port} ({e.strerror or e}).",
+            advice="Is another server using the port? Choose {port}.",
         ) from e
     try:
         app = create_app(config)
@@ -385,7 +381,7 @@ def _check_origins(origins: tuple[str, ...]) -> None:
     for origin in origins:
         if origin == "*" or "://" not in origin or origin.endswith("/"):
             raise MnistDigitsError(
-                f"--allow-origin {origin!r}: give a full origin such as https://example.org "
+                f"allowed origin {origin!r}: give a full origin such as https://example.org "
                 "(scheme, host, optional port, no path); a wildcard is not allowed."
             )
 
