@@ -265,3 +265,14 @@ def test_library_errors_reach_the_command_line_in_its_words(tmp_path, capsys, mo
     assert main(["feedback", "export", "--out", str(tmp_path), "--feedback-db", str(tmp_path / "x.db")]) == 1
     err = capsys.readouterr().err
     assert "or choose another file with --feedback-db." in err and "another database path" not in err
+
+
+def test_a_checksum_mismatch_says_the_flag_that_reads_ones_own_files(tiny_mnist_dir, capsys):
+    directory = tiny_mnist_dir(n_train=20, n_test=10)  # well-formed IDX files that are not MNIST's
+    assert main(["data", "--data-dir", str(directory)]) == 1
+    err = capsys.readouterr().err
+    assert "checksum mismatch" in err and "or use --no-verify to read your own IDX files" in err
+    assert "verify=False" not in err
+    assert main(["data", "--data-dir", str(directory), "--no-verify", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["files"]
+    assert [row["problem"] for row in rows] == [None] * 4 and all(row["sha256"] for row in rows)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_digits import load_model, predict, render
+from mnist_digits import batching, load_model, predict, render
 from mnist_digits.errors import InputError, MnistDigitsError
 from mnist_digits.predict import NO_DIGIT, NumberReading, Prediction, Recognizer
 
@@ -288,11 +288,11 @@ def test_load_model_takes_workers(tiny_model_file):
 
 def test_images_in_memory_go_to_the_workers_in_smaller_tasks():
     paths = [(f"{i}.png", f"{i}.png") for i in range(100)]
-    assert [len(c) for c in predict._chunks(paths)] == [32, 32, 32, 4]
+    assert [len(c) for c in batching.tasks(paths)] == [32, 32, 32, 4]
     photo = np.zeros((4000, 3000, 3), np.uint8)  # 36 MB, as a phone photo decoded
     drawing = Image.new("RGB", (280, 280))
     named = [("a", photo), ("b", drawing), ("c", "c.png"), ("d", photo), ("e", photo)]
-    assert [[name for name, _ in c] for c in predict._chunks(named)] == [["a"], ["b", "c", "d"], ["e"]]
+    assert [[name for name, _ in c] for c in batching.tasks(named)] == [["a"], ["b", "c", "d"], ["e"]]
 
 
 def test_precision_auto_takes_bf16_only_where_native_and_bf16_gives_the_same_digits(

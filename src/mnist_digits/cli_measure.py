@@ -12,6 +12,7 @@ from . import data
 from .cli_options import (
     EXIT_ERROR,
     EXIT_OK,
+    FLAGS,
     Commands,
     _bars,
     _data_options,
@@ -40,13 +41,22 @@ def add_data(commands: Commands, data_opts: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run_data)
 
 
+def _problem(report: data.FileReport) -> str | None:
+    """A file's problem, its advice in the command line's words."""
+    return report.error.explain(**FLAGS) if report.error is not None else report.problem
+
+
 def run_data(args: argparse.Namespace) -> int:
     directory = data.locate(
         args.data_dir, fetch=args.fetch, verify=not args.no_verify, progress=_bars(), log=_stderr
     )
     reports = data.inspect_dir(directory, verify=not args.no_verify)
     if args.json:
-        rows = [{**asdict(r), "path": str(r.path) if r.path else None} for r in reports]
+        rows = [
+            {"name": r.name, "path": str(r.path) if r.path else None, "shape": r.shape, "sha256": r.sha256}
+            | {"problem": _problem(r)}
+            for r in reports
+        ]
         print(json.dumps({"directory": str(directory), "files": rows}, indent=2))
     else:
         print(f"MNIST in {directory}")
@@ -54,7 +64,7 @@ def run_data(args: argparse.Namespace) -> int:
             status = "ok, sha256 verified" if not args.no_verify else "ok, format checked"
             shape = "x".join(str(s) for s in r.shape) if r.shape else "-"
             name = r.path.name if r.path else r.name
-            print(f"  {name:<30} {shape:>12}  {r.problem or status}")
+            print(f"  {name:<30} {shape:>12}  {_problem(r) or status}")
     return EXIT_OK if not data.first_problem(reports) else EXIT_ERROR
 
 

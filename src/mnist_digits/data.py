@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,6 +86,7 @@ class FileReport:
     shape: tuple[int, ...] | None  # array shape, None if unreadable
     sha256: str | None  # of the decompressed content
     problem: str | None  # None when the file is good
+    error: DataError | None = field(default=None, repr=False, compare=False)  # the problem, to raise
 
 
 def find_file(directory: Path, name: str) -> Path | None:
@@ -115,7 +116,8 @@ def read_file(directory: Path, name: str, verify: bool = True) -> tuple[np.ndarr
         raise DataError(
             f"{path}: checksum mismatch: sha256 of the data is {digest[:16]}..., MNIST's is "
             f"{CANONICAL[name][0][:16]}.... The file is damaged or is not the original MNIST. "
-            "Delete it and fetch again, or pass --no-verify to use your own IDX files."
+            "Delete it and fetch again,",
+            advice="or use {no_verify} to read your own IDX files.",
         )
     return array, digest, path
 
@@ -128,7 +130,7 @@ def inspect_dir(directory: Path, verify: bool = True) -> list[FileReport]:
             array, digest, path = read_file(directory, name, verify)
             reports.append(FileReport(name, path, array.shape, digest, None))
         except DataError as e:
-            reports.append(FileReport(name, find_file(directory, name), None, None, str(e)))
+            reports.append(FileReport(name, find_file(directory, name), None, None, str(e), e))
     shapes = {r.name: r.shape for r in reports if r.shape}
     for split in ("train", "t10k"):
         n_images = shapes.get(f"{split}-images-idx3-ubyte", (None,))[0]
@@ -143,6 +145,13 @@ def inspect_dir(directory: Path, verify: bool = True) -> list[FileReport]:
 
 def first_problem(reports: Sequence[FileReport]) -> str | None:
     return next((r.problem for r in reports if r.problem), None)
+
+
+def _raise_first_problem(reports: Sequence[FileReport]) -> None:
+    """The first report's error, as it was raised (its advice intact), if any file has one."""
+    for report in reports:
+        if report.problem:
+            raise report.error or DataError(report.problem)
 
 
 def locate(
@@ -167,9 +176,7 @@ def locate(
                 advice="give as {data_dir} the folder that holds the four MNIST files, or leave it "
                 "out to use (or fetch into) the cache.",
             )
-        problem = first_problem(inspect_dir(directory, verify))
-        if problem:
-            raise DataError(problem)  # named explicitly: never replaced behind the user's back
+        _raise_first_problem(inspect_dir(directory, verify))  # named: never replaced behind one's back
         return directory
 
     cache = cache_dir or default_cache_dir()
@@ -223,9 +230,7 @@ def fetch_into(
         for name, array in arrays.items():
             (cache / f"{name}.gz").unlink(missing_ok=True)
             write_atomic(cache / name, idx.encode_idx(array))
-    problem = first_problem(inspect_dir(cache))
-    if problem:
-        raise DataError(problem)
+    _raise_first_problem(inspect_dir(cache))
     log(f"MNIST verified in {cache}")
     return cache
 

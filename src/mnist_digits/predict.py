@@ -12,11 +12,10 @@ per core, while this process runs the network on them in batches.
 
 from __future__ import annotations
 
-import os
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .batching import BATCH_SIZE, Batches, default_workers, tasks
 from .errors import InputError, MnistDigitsError
 from .export import OnnxModel
 from .files import ensure_writable_dir
@@ -44,10 +44,7 @@ from .pretrained import DEFAULT_MODEL
 ImageInput: TypeAlias = str | Path | bytes | Image.Image | np.ndarray  # one image; bytes: a file's
 DEFAULT_THRESHOLD = 0.80  # below this probability an answer is marked uncertain (docs/predicting.md)
 NO_DIGIT = "no digit found"
-BATCH_SIZE = 512  # images per forward pass
 MIN_POOL_INPUTS = 64  # fewer inputs are read in this process: starting a pool would cost more
-CHUNK_SIZE = 32  # inputs per task given to a pool's worker...
-CHUNK_BYTES = 32_000_000  # ...and at most this much of in-memory images (copied to the worker)
 CHUNKS_AHEAD = 4  # tasks queued per worker: enough to keep it busy, few enough to bound the memory
 # An MNIST-format image holds a digit when its bright half (pixels above the middle of its range)
 # is at least this many pixels (MNIST's smallest digit has 15)...
@@ -172,7 +169,7 @@ class Recognizer:
         items = _as_list(inputs)
         sources = [_name(item, index) for index, item in enumerate(items)]
         prepared: list[PreparedDigit | str | None] = []  # the model's input, an error, or None: no ink
-        with _Batches(self.probabilities, self._pool_size(len(items)) > 1) as batches:
+        with Batches(self.probabilities, self._pool_size(len(items)) > 1) as batches:
             for x in self._prepared(prepare_digit, sources, items):
                 prepared.append(x)
                 if isinstance(x, PreparedDigit):
@@ -198,7 +195,7 @@ class Recognizer:
         items = _as_list(inputs)
         sources = [_name(item, index) for index, item in enumerate(items)]
         found: list[list[DigitSegment] | str] = []  # each image's digits ([]: no ink), or an error
-        with _Batches(self.probabilities, self._pool_size(len(items)) > 1) as batches:
+        with Batches(self.probabilities, self._pool_size(len(items)) > 1) as batches:
             for x in self._prepared(segment_digits, sources, items):
                 found.append(x)
                 for segment in x if isinstance(x, list) else []:
@@ -301,7 +298,7 @@ class Recognizer:
         if self._pool_size(len(named)) == 1:
             yield from prepare_inputs(prepare, named, self.config)
             return
-        chunks = list(_chunks(named))
+        chunks = list(tasks(named))
         workers = min(self._pool_size(len(named)), len(chunks))  # a worker per task at most
         # Ctrl-C reaches the workers too: they ignore it, and this process stops them, quietly.
         pool = ProcessPoolExecutor(
@@ -397,75 +394,6 @@ def cached_onnx(model: torch.nn.Module, path: Path, tta: bool) -> OnnxModel:
         ensure_writable_dir(onnx_path.parent)
         export_onnx(model.cpu(), onnx_path)
     return OnnxModel.load(onnx_path)
-
-
-def default_workers() -> int:
-    """The pool's processes when `workers` is None: one per core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-class _Batches:
-    """Model inputs run through the network BATCH_SIZE at a time, in the order given; with
-    `beside_pool`, in a thread, so that the pool's workers are kept busy meanwhile.
-
-    Either way the batches are the same, so are the probabilities (N, 10), ready on leaving `with`.
-    """
-
-    def __init__(self, probabilities: Callable[[np.ndarray], np.ndarray], beside_pool: bool) -> None:
-        self._run, self._beside_pool = probabilities, beside_pool
-        self._waiting: list[np.ndarray] = []
-        self._done: list[Future[np.ndarray] | np.ndarray] = []
-        self._thread: ThreadPoolExecutor | None = None
-        self.probabilities = np.zeros((0, 10), np.float32)
-
-    def __enter__(self) -> _Batches:
-        return self
-
-    def add(self, image: np.ndarray) -> None:
-        self._waiting.append(image)
-        if len(self._waiting) == BATCH_SIZE:
-            self._flush()
-
-    def _flush(self) -> None:
-        batch, self._waiting = np.stack(self._waiting), []
-        if not self._beside_pool:
-            self._done.append(self._run(batch))
-            return
-        # Started after the pool's first task, so that no thread is running when workers are forked.
-        self._thread = self._thread or ThreadPoolExecutor(1, thread_name_prefix="mnist-digits-network")
-        self._done.append(self._thread.submit(self._run, batch))
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        try:
-            if kind is None:
-                if self._waiting:
-                    self._flush()
-                parts = [part if isinstance(part, np.ndarray) else part.result() for part in self._done]
-                if parts:
-                    self.probabilities = np.concatenate(parts)
-        finally:
-            if self._thread is not None:
-                self._thread.shutdown(cancel_futures=True)
-
-
-def _chunks(named: list[tuple[str, ImageInput]]) -> Iterator[list[tuple[str, ImageInput]]]:
-    """The pool's tasks: CHUNK_SIZE inputs each, fewer where images in memory reach CHUNK_BYTES."""
-    chunk: list[tuple[str, ImageInput]] = []
-    size = 0
-    for name, item in named:
-        if isinstance(item, np.ndarray | bytes):
-            size += len(item) if isinstance(item, bytes) else item.nbytes
-        elif isinstance(item, Image.Image):
-            size += item.width * item.height * len(item.getbands())
-        chunk.append((name, item))
-        if len(chunk) == CHUNK_SIZE or size >= CHUNK_BYTES:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
 
 
 def _as_list(inputs: ImageInput | Iterable[ImageInput]) -> Sequence[ImageInput]:
