@@ -3,8 +3,8 @@ import pytest
 
 from mnist_digits import plots
 from mnist_digits.data import Split
+from mnist_digits.errors import LIBRARY_TERMS
 from mnist_digits.evaluate import (
-    RECORD_TERMS,
     NotRecordable,
     calibration,
     check_recordable,
@@ -120,7 +120,7 @@ def test_only_the_networks_own_test_accuracy_is_recorded_in_a_file_of_ones_own(
     with pytest.raises(NotRecordable) as refused:
         check_recordable(model, tta=tta, split=split)
     assert library in str(refused.value) and "--" not in str(refused.value)
-    assert str(refused.value).startswith(RECORD_TERMS["record"])
+    assert str(refused.value).startswith(LIBRARY_TERMS["record"])
     assert cli in refused.value.explain(record="--record", tta="--tta", val="--split val")
 
 

@@ -99,15 +99,12 @@ def add_evaluate(commands: Commands, data_opts: argparse.ArgumentParser) -> None
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import NotRecordable, check_recordable, format_report
+    from .evaluate import check_recordable, format_report
 
     if args.out:
         ensure_writable_dir(args.out)  # before the work, not after it
     if args.record:
-        try:
-            check_recordable(args.model, tta=args.tta, split=args.split)
-        except NotRecordable as e:
-            raise MnistDigitsError(e.explain(record="--record", tta="--tta", val="--split val")) from None
+        check_recordable(args.model, tta=args.tta, split=args.split)  # main names the flags
     loaded, mnist, images, evaluation = _evaluate(args, args.split)
     if args.record:
         from .checkpoint import update_metadata

@@ -33,6 +33,8 @@ FLAGS = {
     "port": "another with --port",
     "allow_origin": "--allow-origin",
     "tta": "--tta",
+    "record": "--record",
+    "val": "--split val",
     "max_connections": "--max-connections",
     "header_timeout": "--header-timeout",
     "body_timeout": "--body-timeout",

@@ -17,6 +17,8 @@ LIBRARY_TERMS = {
     "port": "another port",
     "allow_origin": "allowed_origins",
     "tta": "test-time augmentation",
+    "record": "Recording",  # the test accuracy in the model file
+    "val": "the validation split",
     # ServeConfig's fields
     "max_connections": "max_connections",
     "header_timeout": "header_timeout",

@@ -14,8 +14,6 @@ from .errors import MnistDigitsError
 from .model import NUM_CLASSES, predict_logits
 
 CONFIDENCE_BINS = 15  # equal-width bins over [0, 1] for the reliability diagram and the ECE
-# What NotRecordable's messages call the choices, from the library; the CLI names its flags.
-RECORD_TERMS = {"record": "Recording", "tta": "test-time augmentation", "val": "the validation split"}
 
 
 @dataclass(frozen=True)
@@ -160,18 +158,8 @@ def format_report(evaluation: Evaluation) -> str:
 
 
 class NotRecordable(MnistDigitsError):
-    """An evaluation whose accuracy must not be stored in the model file.
-
-    `reason` names the choices as placeholders ({record}, {tta}, {val}) that `explain` fills:
-    with RECORD_TERMS, or the CLI's flags.
-    """
-
-    def __init__(self, reason: str, model: str = "") -> None:
-        self.reason, self.model = reason, model
-        super().__init__(self.explain())
-
-    def explain(self, **terms: str) -> str:
-        return self.reason.format_map({**RECORD_TERMS, **terms, "model": self.model})
+    """An evaluation whose accuracy must not be stored in the model file; its advice names the
+    choices as placeholders ({record}, {tta}, {val}) of errors.LIBRARY_TERMS."""
 
 
 def check_recordable(model: str | Path, *, tta: bool, split: str) -> None:
@@ -181,18 +169,18 @@ def check_recordable(model: str | Path, *, tta: bool, split: str) -> None:
 
     if tta:
         raise NotRecordable(
-            "{record} stores the model's own test accuracy, which {tta} would change; leave out {tta}."
+            advice="{record} stores the model's own test accuracy, which {tta} would change; leave out {tta}."
         )
     if split != "test":
         raise NotRecordable(
-            "{record} stores the test accuracy; the validation accuracy is in the model file already "
-            "(as val_accuracy). Leave out {val}."
+            advice="{record} stores the test accuracy; the validation accuracy is in the model file "
+            "already (as val_accuracy). Leave out {val}."
         )
     if str(model) in available():
+        shipped = repr(str(model)).replace("{", "{{").replace("}", "}}")  # a name, not a placeholder
         raise NotRecordable(
-            "{record} writes into the model file; {model!r} is shipped with the package and "
-            "already holds its test accuracy.",
-            str(model),
+            advice="{record} writes into the model file; " + shipped + " is shipped with the package "
+            "and already holds its test accuracy."
         )
 
 

@@ -415,6 +415,7 @@ class _Run:
         network.load_state_dict(self._kept_weights())
         network.eval()
         kept = history[epoch - 1]
+        train_seconds = sum(s.seconds for s in history)
         evaluation = None
         path = self.run_dir / MODEL
         if self.cluster.is_main:
@@ -431,13 +432,12 @@ class _Run:
                 "val_accuracy": kept.val_accuracy,
                 "val_loss": kept.val_loss,
                 "history": [asdict(s) for s in history],
-                "train_seconds": sum(s.seconds for s in history),
+                "train_seconds": train_seconds,
                 "torch_threads": torch.get_num_threads(),
                 **measured,
             }
             checkpoint.save_model(path, network, metadata)
         distributed.barrier(self.cluster)  # the main process has written the file
-        train_seconds = sum(s.seconds for s in history)
         return FitResult(network, history, epoch, kept.val_accuracy, train_seconds, path, evaluation)
 
     def _kept_weights(self) -> dict[str, torch.Tensor]:
