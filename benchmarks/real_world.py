@@ -78,7 +78,7 @@ def chunks(count: int, size: int) -> list[tuple[int, int]]:
 def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
     mnist = data.load(data.locate(args.data_dir, log=lambda m: print(m, file=sys.stderr)))
     images, labels = mnist.test.images[: args.count], mnist.test.labels[: args.count]
-    recognizer = load_model(args.model)
+    recognizer = load_model(args.model, runtime="torch")  # the network's accuracy, not a chosen runtime's
     threshold = recognizer.threshold
 
     def row(kind: str, probs: np.ndarray, found: np.ndarray, seconds: float) -> Row:

@@ -9,9 +9,10 @@ tensor, batched augmentation, forward, backward, RMSprop) on a slice of MNIST. T
 recipe is then trained in full and its wall time and official test accuracy reported (time
 to 99.5%). Inference measures batched throughput and single-image latency of the shipped
 reference model with PyTorch and, when the [onnx] extra is installed, ONNX Runtime (fp32 and
-int8). FLOP/s are counted from the model's convolutions and dense layers (a training step is
-about 3x a forward pass) and compared with the machine's peak, estimated from its cores,
-clock and vector width (or --peak-gflops).
+int8); with --auto-runtime, also the runtimes `--runtime auto` takes here. FLOP/s are
+counted from the model's convolutions and dense layers (a training step is about 3x a forward
+pass) and compared with the machine's peak, estimated from its cores, clock and vector width
+(or --peak-gflops).
 
 When TensorFlow is at hand (this interpreter, the repository's .venv-keras, or --keras-python),
 the same invocation then runs benchmarks/keras_peer.py, the notebook's Keras code, with the
@@ -207,6 +208,34 @@ def measure_onnx(model: torch.nn.Module, mnist: data.Mnist, args: argparse.Names
     return rows
 
 
+def measure_auto(model: torch.nn.Module, device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """The same for what `--runtime auto` takes here for the reference model (chosen now, or read
+    from the cache): its runtime for batches and its runtime for one image."""
+    from mnist_digits.runtime_choice import choose_runtime
+    from mnist_digits.runtimes import build_runtime
+
+    path = pretrained.resolve("reference")
+    choice = choose_runtime(model, path, device)
+    print(choice.describe(), file=sys.stderr)
+    batch = torch.rand(args.batch, 1, 28, 28).numpy()
+    threads = torch.get_num_threads()
+    batched, single = (
+        build_runtime(name, model, path, device, threads) for name in (choice.name, choice.single)
+    )
+    per_second = time_batches(lambda: batched.logits(batch), args.batch, args.repeats, device)
+    return [
+        {
+            "what": f"inference, auto runtime ({choice.name}), batch {args.batch}",
+            "images_per_second": per_second,
+            "gflops": per_second * forward_flops(model) / 1e9,
+        },
+        {
+            "what": f"latency, auto runtime ({choice.single}), 1 image",
+            **time_calls(lambda: single.logits(batch[:1]), args.latency_calls, device),
+        },
+    ]
+
+
 def keras_python(given: Path | None) -> Path | None:
     """The interpreter for keras_peer.py: `given`, else this one if it has TensorFlow, else the
     repository's .venv-keras; None when there is none."""
@@ -279,6 +308,8 @@ def run(args: argparse.Namespace) -> Result:
         result.rows += measure_onnx(model, mnist, args)
     except ImportError as e:
         print(f"ONNX Runtime rows skipped ({e}); install the [onnx] extra for them", file=sys.stderr)
+    if args.auto_runtime:
+        result.rows += measure_auto(model, device, args)
     if not args.skip_keras:
         python = keras_python(args.keras_python)
         if device.type != "cpu":
@@ -360,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-training", action="store_true", help="no training-throughput row")
     parser.add_argument("--skip-fast", action="store_true", help="do not train the fast recipe")
     parser.add_argument("--bf16", action="store_true", help="also time training with bf16 autocast")
+    parser.add_argument(
+        "--auto-runtime",
+        action="store_true",
+        help="also time the runtimes `--runtime auto` takes here (choosing them first, unless cached)",
+    )
     parser.add_argument("--peak-gflops", type=float, help="the device's fp32 peak, if known better")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument(

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from mnist_digits import data, idx
+from mnist_digits.runtimes import CACHE_VAR
 
 # --- the real dataset ---------------------------------------------------------------------------
 
@@ -57,6 +58,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         for report in skipped:
             print(f"  {report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else ''}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def runtime_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One folder for the session's runtime choices and ONNX exports, the servers' it starts included:
+    `--runtime auto` chooses once per model in a session, and the user's cache is never read or written."""
+    folder = tmp_path_factory.mktemp("runtime-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_VAR, str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")
@@ -239,6 +250,8 @@ class RunningServer:
     def __init__(self, model: Path | str, feedback_db: Path, *options: str) -> None:
         command = [sys.executable, "-m", "mnist_digits", "serve", "--port", "0", "--device", "cpu"]
         command += ["--model", str(model), "--feedback-db", str(feedback_db), *options]
+        if "--runtime" not in options:  # auto's choice costs seconds per model: test_serve tests it once
+            command += ["--runtime", "torch"]
         self.feedback_db = feedback_db
         self.log: list[str] = []
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -327,10 +340,11 @@ def reference_model_path() -> str:
 
 @pytest.fixture(scope="session")
 def reference_recognizer(reference_model_path: str):  # -> mnist_digits.predict.Recognizer
-    """The shipped reference model (see reference_model_path) as a Recognizer on the CPU."""
+    """The shipped reference model (see reference_model_path) as a Recognizer on the CPU, run by
+    PyTorch: the tests that use it measure the network, not a runtime this machine chose."""
     from mnist_digits.predict import load_model
 
-    return load_model(reference_model_path)
+    return load_model(reference_model_path, runtime="torch")
 
 
 @pytest.fixture(scope="session")

@@ -131,3 +131,36 @@ def test_workers_and_precision_options_are_checked(folder, tiny_model_file, caps
         capsys, *files, "--model", str(tiny_model_file), "--workers", "1", "--precision", "fp32"
     )
     assert code == 0 and "a_seven.png" in out
+
+
+def test_predict_says_which_runtime_auto_took_and_one_image_never_makes_the_choice(
+    folder, tiny_model_file, tmp_path, monkeypatch, capsys
+):
+    import torch
+
+    from mnist_digits import runtime_choice as choosing
+    from mnist_digits.runtimes import CACHE_VAR
+
+    monkeypatch.setenv(CACHE_VAR, str(tmp_path / "runtime-cache"))
+    monkeypatch.setattr(choosing, "choose_runtime", lambda *a, **k: pytest.fail("chose for one image"))
+    image = str(folder / "a_seven.png")
+    code, out, err = run(capsys, image, "--model", str(tiny_model_file))
+    assert code == 0 and out and err == ""  # no choice cached, none made: PyTorch, as before
+
+    measured = (choosing.Measurement("torch", 2000.0, 0.25, True, "the reference"),)
+    choice = choosing.RuntimeChoice("torch", "torch", "the only runtime here", measured)
+    choosing.keep_choice(choosing.cache_key(tiny_model_file, torch.device("cpu")), choice)
+    code, out, err = run(capsys, image, "--model", str(tiny_model_file), "--device", "cpu")
+    assert code == 0 and out
+    assert err == "runtime torch (auto: the only runtime here; cached); one image: torch (0.25 ms p50)\n"
+    code, _, err = run(
+        capsys, image, "--model", str(tiny_model_file), "--device", "cpu", "--runtime", "torch"
+    )
+    assert code == 0 and err == ""  # a runtime given is not announced
+
+
+def test_runtime_is_one_of_the_four(tiny_model_file, capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "x.png", "--model", str(tiny_model_file), "--runtime", "tensorrt"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'tensorrt'" in err and "'onnx-int8'" in err

@@ -226,7 +226,7 @@ def test_join_makes_one_ensemble_of_models_and_ensembles_of_different_recipes(
 
 def test_predict_with_onnx_runtime_matches_pytorch(tmp_path, monkeypatch, test_digits, capsys):
     pytest.importorskip("onnxruntime")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("MNIST_DIGITS_RUNTIME_CACHE", str(tmp_path / "cache"))  # where exports are kept
     model_path = tmp_path / "tiny.safetensors"
     checkpoint.save_model(model_path, _net(5), {})
     pixels = [test_digits.images[i] for i in range(20)]

@@ -34,7 +34,8 @@ image.paste(0, (28, 10, 36, 54))
 recognizer.predict([image])
 recognizer.read_number([image])
 evaluate_model(recognizer.model, Split(np.zeros((4, 28, 28), np.uint8), np.arange(4, dtype=np.uint8)))
-create_app(ServeConfig(feedback_db=__import__("pathlib").Path(sys.argv[1])))
+# runtime torch: on auto, the server would time the runtimes for `best` as it starts (seconds)
+create_app(ServeConfig(feedback_db=__import__("pathlib").Path(sys.argv[1]), runtime="torch"))
 print(" ".join(sorted(name for name in sys.modules if name.startswith("mnist_digits"))))
 """
 
@@ -48,6 +49,7 @@ def test_predicting_evaluating_serving_and_exporting_load_no_training_module(tmp
     assert done.returncode == 0, done.stderr
     loaded = done.stdout.split()
     assert {"mnist_digits.predict", "mnist_digits.serve", "mnist_digits.export"} <= set(loaded)
+    assert {"mnist_digits.runtimes", "mnist_digits.runtime_choice"} <= set(loaded)  # auto's too
     assert [name for name in TRAINING if name in loaded] == []
 
 

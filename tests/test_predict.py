@@ -312,3 +312,100 @@ def test_precision_auto_takes_bf16_only_where_native_and_bf16_gives_the_same_dig
     assert [p.digit for p in auto.predict(images)] == expected
     with pytest.raises(MnistDigitsError, match="unknown precision 'half'"):
         load_model(reference_model_path, precision="half")
+
+
+# --- the runtime: auto chooses before work of many images; a given runtime runs as given ----------
+
+
+class Recording:
+    """A runtime that answers as PyTorch does and notes each call's name and number of images."""
+
+    def __init__(self, name, in_torch, calls):
+        self.name, self.in_torch, self.calls = name, in_torch, calls
+
+    def logits(self, images):
+        self.calls.append((self.name, len(images)))
+        return self.in_torch.logits(images)
+
+
+@pytest.fixture
+def own_runtime_cache(tmp_path, monkeypatch):
+    """auto's module, its choices kept in a folder of the test's own."""
+    from mnist_digits import runtime_choice
+    from mnist_digits.runtimes import CACHE_VAR
+
+    monkeypatch.setenv(CACHE_VAR, str(tmp_path / "runtime-cache"))
+    return runtime_choice
+
+
+def test_auto_runs_a_few_images_on_pytorch_without_choosing(
+    tiny_model_file, test_digits, own_runtime_cache, monkeypatch
+):
+    monkeypatch.setattr(
+        own_runtime_cache, "choose_runtime", lambda *a, **k: pytest.fail("chose for a few images")
+    )
+    recognizer = load_model(tiny_model_file)
+    assert len(recognizer.predict_pixels(test_digits.images[:50])) == 50
+    assert len(recognizer.predict(test_digits.images[0])) == 1
+    assert recognizer.runtime_choice is None
+    assert recognizer.describe().startswith("runtime torch (auto: no choice made for this machine and model")
+
+
+def test_work_of_many_images_makes_the_choice_and_one_image_takes_its_one_image_runtime(
+    tiny_model_file, test_digits, own_runtime_cache, monkeypatch
+):
+    from mnist_digits.runtime_cache import Measurement, RuntimeChoice
+    from mnist_digits.runtimes import TorchRuntime
+
+    measured = (
+        Measurement("torch", 1000.0, 1.0, True, "the reference"),
+        Measurement("onnx", 2000.0, 0.2, True, "same digits on 1,000 generated images"),
+        Measurement("onnx-int8", 3000.0, 0.3, True, "test accuracy 99.53% against fp32's 99.55%"),
+    )
+    choice = RuntimeChoice("onnx-int8", "onnx", "3.0x torch here, ...", measured)
+    made, calls = [], []
+    monkeypatch.setattr(own_runtime_cache, "choose_runtime", lambda *a, **k: made.append(a) or choice)
+    monkeypatch.setattr(
+        own_runtime_cache,
+        "build_runtime",
+        lambda name, model, path, device, threads=None: Recording(name, TorchRuntime(model, device), calls),
+    )
+    recognizer = load_model(tiny_model_file)
+    many = np.repeat(test_digits.images[:10], 110, axis=0)  # 1,100 MNIST-format digits
+    found = sum(p.digit is not None for p in recognizer.predict_pixels(many))
+    assert len(made) == 1 and recognizer.runtime_choice is choice
+    assert {name for name, _ in calls} == {"onnx-int8"} and sum(n for _, n in calls) == found >= 1000
+    calls.clear()
+    recognizer.predict(test_digits.images[0])
+    recognizer.predict(list(test_digits.images[:3]))
+    assert calls == [("onnx", 1), ("onnx-int8", 3)] and len(made) == 1  # chosen once
+    assert recognizer.describe() == choice.describe()
+
+
+def test_test_time_augmentation_and_a_given_runtime_leave_nothing_to_choose(
+    tiny_model_file, own_runtime_cache
+):
+    for recognizer, name in [
+        (load_model(tiny_model_file, tta=True), "torch"),
+        (load_model(tiny_model_file, runtime="torch"), "torch"),
+        (load_model(tiny_model_file, precision="bf16"), "torch-bf16"),
+    ]:
+        assert recognizer.choose_runtime() is None and recognizer.describe() == f"runtime {name}"
+    with pytest.raises(InputError, match="not quantized to int8"):
+        load_model(tiny_model_file, tta=True, runtime="onnx-int8")
+    with pytest.raises(InputError, match="choose auto, torch, onnx, onnx-int8"):
+        load_model(tiny_model_file, runtime="tensorrt")
+
+
+def test_runtime_onnx_int8_reads_digits_with_a_quantized_export(tiny_model_file, test_digits, runtime_cache):
+    """In the session's cache (conftest): the export is shared with the other tests of the tiny model."""
+    pytest.importorskip("onnxruntime")
+    from mnist_digits.runtimes import file_sha256
+
+    recognizer = load_model(tiny_model_file, runtime="onnx-int8")
+    assert recognizer.describe() == "runtime onnx-int8" and recognizer.parameter_count is None
+    predictions = recognizer.predict_pixels(test_digits.images[:20])
+    assert all(p.digit is not None and 0 <= p.probability <= 1 for p in predictions)
+    key = file_sha256(tiny_model_file)[:16]
+    exported = {f.name for f in (runtime_cache / "onnx").glob("*.onnx")}
+    assert {f"{key}.onnx", f"{key}-int8-training.onnx"} <= exported  # calibrated on MNIST's training images

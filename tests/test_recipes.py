@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import SMALL
 
+from mnist_digits.augment import STYLES
 from mnist_digits.data import split_validation
 from mnist_digits.errors import MnistDigitsError
 from mnist_digits.model import DigitNet, ModelConfig
@@ -129,3 +130,13 @@ def test_every_recipe_builds_its_network():
         model = DigitNet(config.model)
         assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert RECIPES["reference"].model == ModelConfig()  # the reference stays the notebook's
+
+
+def test_robust_is_best_with_the_pen_styles_and_nothing_else():
+    best, robust = RECIPES["best"], RECIPES["robust"]
+    assert robust.augment.styled and not best.augment.styled
+    on = {p for p, _ in STYLES if getattr(robust.augment, p)}
+    assert on == {"thicken", "thin"}  # the styles chosen on validation (docs/experiments.md)
+    # Every other setting, the warp's included, is best's: the comparison measures the styles.
+    assert replace(robust, recipe="best", augment=best.augment) == best
+    assert (robust.augment.rotation, robust.augment.zoom, robust.augment.shift) == (15.0, 0.1, 0.1)

@@ -90,7 +90,8 @@ SEVEN = [[(0.28, 0.25), (0.72, 0.25), (0.42, 0.8)]]
 
 def test_health_and_model_info(server, tiny_model_file):
     status, _, body = call(f"{server.url}/api/health")
-    assert status == 200 and body == {"status": "ok", "model": str(tiny_model_file)}
+    # The fixture's server runs on the runtime it was given (conftest), and says so.
+    assert status == 200 and body == {"status": "ok", "model": str(tiny_model_file), "runtime": "torch"}
     status, _, info = call(f"{server.url}/api/model")
     assert status == 200 and info["name"] == info["file"] == str(tiny_model_file)
     assert info["metadata"]["note"] == "untrained, for tests" and info["test_accuracy"] is None
@@ -366,6 +367,31 @@ def test_any_loopback_address_answers_under_its_own_name(tiny_model_file, tmp_pa
         assert status == 200 and body["status"] == "ok"
         status, _, _ = call(f"{running.url}/api/health", headers={"Host": "attacker.example"})
         assert status == 400
+    finally:
+        running.stop()
+
+
+def test_a_server_on_the_auto_runtime_says_what_it_chose_and_answers(
+    tiny_model_file, tmp_path, runtime_cache
+):
+    """The default runtime (the other tests' servers run on torch: conftest), chosen as the server starts."""
+    import time
+
+    running = RunningServer(tiny_model_file, tmp_path / "feedback.sqlite3", "--runtime", "auto")
+    try:
+        deadline = time.monotonic() + 10  # the line after the one RunningServer waits for
+        while not any(line.startswith("runtime ") for line in running.log) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [said] = [line for line in running.log if line.startswith("runtime ")]
+        assert "(auto: " in said and "; one image: " in said
+        assert list(runtime_cache.glob("choice-*.json"))  # kept for the next start
+        status, _, health = call(f"{running.url}/api/health")
+        assert status == 200 and health["runtime"] == said.strip().removeprefix("runtime ")
+        images = [np.random.default_rng(i).integers(0, 256, 784).tolist() for i in range(2)]
+        status, _, body = post_json(f"{running.url}/api/predict", {"inputs": [{"pixels": p} for p in images]})
+        assert status == 200 and len(body["predictions"]) == 2
+        for prediction in body["predictions"]:
+            check_prediction(prediction)
     finally:
         running.stop()
 

@@ -19,14 +19,19 @@ from .cli_options import (
     _device_option,
     _load_data,
     _model_option,
+    _runtime_option,
     _stderr,
 )
 from .errors import MnistDigitsError
 from .files import ensure_writable_dir
 
 if TYPE_CHECKING:
+    import torch
+
     from .checkpoint import LoadedModel
+    from .device import Precision
     from .evaluate import Evaluation
+    from .runtimes import Runtime
 
 
 def add_data(commands: Commands, data_opts: argparse.ArgumentParser) -> None:
@@ -95,6 +100,9 @@ def add_evaluate(commands: Commands, data_opts: argparse.ArgumentParser) -> None
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _device_option(p, precision=True)
+    # torch by default: evaluate measures the network's own answers, the accuracy `train` records,
+    # --record stores and the docs quote; a runtime auto takes may move it by up to 0.03 points.
+    _runtime_option(p, default="torch", why=": the network's own answers, as `train` records them")
     p.set_defaults(run=run_evaluate)
 
 
@@ -105,7 +113,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         ensure_writable_dir(args.out)  # before the work, not after it
     if args.record:
         check_recordable(args.model, tta=args.tta, split=args.split)  # main names the flags
-    loaded, mnist, images, evaluation = _evaluate(args, args.split)
+    loaded, mnist, images, evaluation, runtime = _evaluate(args, args.split)
     if args.record:
         from .checkpoint import update_metadata
 
@@ -124,6 +132,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 {
                     "model": str(loaded.path),
                     "split": args.split,
+                    "runtime": runtime,
                     **evaluation.to_dict(),
                     "figures": [str(f) for f in figures],
                 },
@@ -150,14 +159,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate(
     args: argparse.Namespace, split: str = "test"
-) -> tuple[LoadedModel, data.Mnist, data.Split, Evaluation]:
+) -> tuple[LoadedModel, data.Mnist, data.Split, Evaluation, str]:
     """--model (with --tta if asked) on the official test set, or with split "val" on the
-    validation images it held out in training; returns the images it was measured on too."""
+    validation images it held out in training; returns the images it was measured on too, and the
+    runtime's name."""
     from .device import pick_device, pick_precision
     from .ensemble import as_ensemble
     from .evaluate import evaluate_model
     from .pretrained import load
     from .recipes import MixedSplits, held_out
+    from .runtimes import RuntimeNetwork, TorchRuntime
 
     device = pick_device(args.device)
     precision = pick_precision(args.precision, device)
@@ -167,9 +178,44 @@ def _evaluate(
         images = held_out(loaded.members_metadata, mnist) if split == "val" else mnist.test
     except MixedSplits as e:
         raise MnistDigitsError(f"{e} On the command line: `train --ensemble N --split-seed S`.") from None
-    _stderr(f"Evaluating on {device} in {precision.describe()}.")
     network = as_ensemble(loaded.model, args.tta)
-    return loaded, mnist, images, evaluate_model(network, images, device, bf16=precision.bf16)
+    runtime, said = _evaluation_runtime(args, network, loaded.path, device, precision, len(images.labels))
+    _stderr(f"Evaluating on {device} {said}.")
+    if isinstance(runtime, TorchRuntime):
+        evaluation = evaluate_model(network, images, device, bf16=runtime.bf16)
+    else:  # ONNX Runtime, on the CPU
+        evaluation = evaluate_model(RuntimeNetwork(runtime), images)
+    return loaded, mnist, images, evaluation, runtime.name
+
+
+def _evaluation_runtime(
+    args: argparse.Namespace,
+    network: torch.nn.Module,
+    path: Path,
+    device: torch.device,
+    precision: Precision,
+    count: int,
+) -> tuple[Runtime, str]:
+    """What runs the network over `count` images (--runtime; `report` has none: PyTorch), and the
+    words that say so."""
+    from .runtime_choice import AutoRuntime
+    from .runtimes import OnnxRuntime, TorchRuntime, cached_onnx
+
+    name = getattr(args, "runtime", "torch")
+    in_torch = TorchRuntime(network, device, precision.bf16)
+    if getattr(args, "record", False) and name != "torch":
+        raise MnistDigitsError("--record stores the PyTorch network's test accuracy: leave out --runtime.")
+    if name == "torch" or (name == "auto" and (args.tta or args.precision == "bf16")):
+        return in_torch, f"in {precision.describe()}"  # nothing to choose for --tta or --precision bf16
+    if name == "auto":
+        auto = AutoRuntime(network, path, device, args.precision, in_torch)
+        return auto.runtime(count), f"with {auto.describe()}"
+    if args.precision == "bf16":
+        raise MnistDigitsError(f"--precision bf16 runs on --runtime torch only, not {name}.")
+    if args.tta and name == "onnx-int8":
+        raise MnistDigitsError("--tta is not quantized to int8: give --runtime torch or onnx.")
+    onnx = OnnxRuntime(cached_onnx(network, path, args.tta, int8=name == "onnx-int8"), name)
+    return onnx, f"with runtime {name} (ONNX Runtime)"
 
 
 def add_report(commands: Commands, data_opts: argparse.ArgumentParser) -> None:
@@ -197,7 +243,7 @@ def add_report(commands: Commands, data_opts: argparse.ArgumentParser) -> None:
 def run_report(args: argparse.Namespace) -> int:
     from .report import format_accuracy, model_details, write_report
 
-    loaded, mnist, _, evaluation = _evaluate(args)
+    loaded, mnist, _, evaluation, _ = _evaluate(args)
     title = f"mnist-digits: {args.model}" + (" with TTA" if args.tta else "")
     path = write_report(
         evaluation,

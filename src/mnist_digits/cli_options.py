@@ -15,9 +15,11 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 # Written out here so that `--help` needs no torch; tests check them against recipes.RECIPES and
 # predict.DEFAULT_THRESHOLD.
-RECIPE_NAMES = ("reference", "fast", "lean", "best", "full")
+RECIPE_NAMES = ("reference", "fast", "lean", "best", "robust", "full")
 DEFAULT_THRESHOLD = 0.80
 PRECISIONS = ("auto", "fp32", "bf16")  # device.PRECISIONS
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")  # predict.RUNTIMES
+AUTO_MIN_IMAGES = 1000  # runtime_choice.AUTO_MIN_IMAGES
 
 # The command line's words for the choices errors name (errors.LIBRARY_TERMS): its flags
 FLAGS = {
@@ -76,6 +78,24 @@ def _device_option(parser: argparse.ArgumentParser, precision: bool = False) -> 
             help="auto (the default): bf16 autocast where the device computes it natively (GPUs; CPUs "
             "with AMX or AVX-512 BF16), else fp32; fp32 or bf16 force one",
         )
+
+
+def _runtime_option(
+    parser: argparse.ArgumentParser,
+    default: str = "auto",
+    when: str = f"for {AUTO_MIN_IMAGES:,} images or more",
+    why: str = "",
+) -> None:
+    """--runtime; `when` says when auto makes its choice, `why` why the default is what it is."""
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=default,
+        help=f"what runs the network (default: {default}{why}). auto: {when}, the fastest here of PyTorch "
+        "(fp32, or bf16 where native) and ONNX Runtime (fp32, int8) that keeps PyTorch fp32's answers, "
+        "timed once per machine and model (seconds) and cached; torch: PyTorch; onnx, onnx-int8: ONNX "
+        "Runtime (the model is exported, or quantized, once and cached; needs the [onnx] extra)",
+    )
 
 
 def _model_option(parser: argparse.ArgumentParser, tta: bool = False) -> None:

@@ -16,12 +16,13 @@ from .cli_options import (
     Commands,
     _device_option,
     _model_option,
+    _runtime_option,
     _stderr,
 )
 from .errors import MnistDigitsError
 
 if TYPE_CHECKING:
-    from .predict import NumberReading, Prediction
+    from .predict import NumberReading, Prediction, Recognizer
 
 
 def add_predict(commands: Commands) -> None:
@@ -64,13 +65,7 @@ def add_predict(commands: Commands) -> None:
     p.add_argument(
         "-o", "--output", type=Path, metavar="FILE", help="with --kaggle: the submission CSV to write"
     )
-    p.add_argument(
-        "--runtime",
-        choices=["torch", "onnx"],
-        default="torch",
-        help="run the network with PyTorch or ONNX Runtime (onnx: the model is exported once and "
-        "cached; an .onnx --model is used as it is; needs the [onnx] extra)",
-    )
+    _runtime_option(p)  # an .onnx --model is used as it is, whatever the runtime
     p.add_argument(
         "--workers",
         type=int,
@@ -110,6 +105,7 @@ def run_predict(args: argparse.Namespace) -> int:
         from .kaggle import predict_submission
 
         submission = predict_submission(recognizer, args.kaggle, args.output)
+        _say_runtime(recognizer)
         print(
             f"wrote {submission.count:,} predictions to {submission.path}; {submission.uncertain} "
             f"uncertain (below {args.threshold:.0%})"
@@ -131,6 +127,7 @@ def run_predict(args: argparse.Namespace) -> int:
         table = shown.format_predictions(predictions, args.threshold)
         rows = shown.predictions_csv(predictions)
         results, digits = predictions, predictions
+    _say_runtime(recognizer)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
@@ -140,6 +137,12 @@ def run_predict(args: argparse.Namespace) -> int:
         _stderr(f"wrote {len(written)} model inputs (28x28 PNG) to {args.save_inputs}")
     failed = [r for r in results if r.error and r.error != predict.NO_DIGIT]
     return EXIT_ERROR if failed else EXIT_OK
+
+
+def _say_runtime(recognizer: Recognizer) -> None:
+    """The runtime auto chose (or found cached), on stderr; nothing when none was chosen or one was given."""
+    if recognizer.runtime_choice is not None:
+        _stderr(recognizer.describe())
 
 
 def add_serve(commands: Commands) -> None:
@@ -153,6 +156,7 @@ def add_serve(commands: Commands) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: 8000)")
     _model_option(p, tta=True)
     _device_option(p, precision=True)
+    _runtime_option(p, when="as the server starts")
     p.add_argument(
         "--feedback-db",
         type=Path,
@@ -207,6 +211,7 @@ def run_serve(args: argparse.Namespace) -> int:
         port=args.port,
         device=args.device,
         precision=args.precision,
+        runtime=args.runtime,
         tta=args.tta,
         feedback_db=args.feedback_db,
         allowed_origins=tuple(args.allow_origin),

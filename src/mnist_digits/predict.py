@@ -25,10 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .batching import BATCH_SIZE, Batches, default_workers, tasks
+from .batching import Batches, default_workers, tasks
 from .errors import InputError, MnistDigitsError
 from .export import OnnxModel
-from .files import ensure_writable_dir
 from .preprocess import (
     DEFAULT_CONFIG,
     DigitSegment,
@@ -40,6 +39,9 @@ from .preprocess import (
     segment_digits,
 )
 from .pretrained import DEFAULT_MODEL
+from .runtime_cache import RuntimeChoice
+from .runtime_choice import AutoRuntime
+from .runtimes import OnnxRuntime, Runtime, TorchRuntime, cached_onnx
 
 ImageInput: TypeAlias = str | Path | bytes | Image.Image | np.ndarray  # one image; bytes: a file's
 DEFAULT_THRESHOLD = 0.80  # below this probability an answer is marked uncertain (docs/predicting.md)
@@ -126,7 +128,11 @@ class Recognizer:
         path: Path | None = None,
         workers: int | None = None,
         bf16: bool = False,
+        auto_runtime: str | None = None,
     ) -> None:
+        """auto_runtime 'auto' or 'fp32' (a PyTorch model and its `path` needed): batched work runs on
+        the fastest runtime of that precision that keeps fp32's answers (runtime_choice.AutoRuntime);
+        None: the model runs as given, in bf16 with `bf16`."""
         self.device = torch.device(device)
         self.bf16 = bf16 and not isinstance(model, OnnxModel)  # autocast the network to bfloat16
         # Weights laid out as predict_logits lays out the images: a quarter less CPU time per image,
@@ -141,6 +147,33 @@ class Recognizer:
         self.metadata = metadata or {}
         self.path = path
         self.workers = workers
+        self._runtime: Runtime = (
+            OnnxRuntime(self.model)
+            if isinstance(self.model, OnnxModel)
+            else TorchRuntime(self.model, self.device, self.bf16)
+        )
+        self._auto: AutoRuntime | None = None
+        if auto_runtime is not None:
+            if isinstance(self.model, OnnxModel) or path is None:
+                raise InputError("choosing a runtime needs the PyTorch model and its file.")
+            self._auto = AutoRuntime(self.model, path, self.device, auto_runtime, self._runtime)
+
+    @property
+    def runtime_choice(self) -> RuntimeChoice | None:
+        """auto's choice (cached, or made by work of runtime_choice.AUTO_MIN_IMAGES images or more); None
+        before it is made, and when the runtime was given."""
+        return self._auto.choice if self._auto is not None else None
+
+    def choose_runtime(self) -> RuntimeChoice | None:
+        """Make auto's choice now, if it is not cached (seconds, once per machine and model), as the
+        server does before its first request; None when the runtime was given."""
+        return self._auto.choose() if self._auto is not None else None
+
+    def describe(self) -> str:
+        """The runtime that runs the network, and why: for the line the command line prints."""
+        if self._auto is not None:
+            return self._auto.describe()
+        return f"runtime {self._runtime.name}"
 
     @property
     def workers(self) -> int | None:
@@ -167,6 +200,7 @@ class Recognizer:
         """
         threshold = self.threshold if threshold is None else threshold
         items = _as_list(inputs)
+        self._network(len(items))  # auto chooses its runtime before many inputs, not within the batches
         sources = [_name(item, index) for index, item in enumerate(items)]
         prepared: list[PreparedDigit | str | None] = []  # the model's input, an error, or None: no ink
         with Batches(self.probabilities, self._pool_size(len(items)) > 1) as batches:
@@ -193,6 +227,7 @@ class Recognizer:
         """Each image's separate digits, read left to right as a number."""
         threshold = self.threshold if threshold is None else threshold
         items = _as_list(inputs)
+        self._network(len(items))
         sources = [_name(item, index) for index, item in enumerate(items)]
         found: list[list[DigitSegment] | str] = []  # each image's digits ([]: no ink), or an error
         with Batches(self.probabilities, self._pool_size(len(items)) > 1) as batches:
@@ -265,14 +300,13 @@ class Recognizer:
 
         This skips the preprocessing: it is for inputs that went through it, or are MNIST's format.
         """
-        from .model import predict_logits
+        batch = np.ascontiguousarray(inputs, dtype=np.float32)[:, None]
+        logits = torch.from_numpy(self._network(len(batch)).logits(batch))
+        return logits.float().softmax(1).numpy()
 
-        batch = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).unsqueeze(1)
-        if isinstance(self.model, OnnxModel):
-            logits = torch.from_numpy(self.model.logits(batch.numpy()))
-        else:
-            logits = predict_logits(self.model, batch.to(self.device), BATCH_SIZE, bf16=self.bf16)
-        return logits.float().softmax(1).cpu().numpy()
+    def _network(self, count: int) -> Runtime:
+        """The runtime for `count` images at once (auto's one-image runtime for 1)."""
+        return self._auto.runtime(count) if self._auto is not None else self._runtime
 
     @property
     def parameter_count(self) -> int | None:
@@ -322,7 +356,7 @@ class Recognizer:
             pool.shutdown(cancel_futures=True)
 
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
 
 
 def load_model(
@@ -331,22 +365,26 @@ def load_model(
     threshold: float = DEFAULT_THRESHOLD,
     *,
     tta: bool = False,
-    runtime: str = "torch",
+    runtime: str = "auto",
     workers: int | None = None,
     precision: str = "auto",
 ) -> Recognizer:
     """A Recognizer for a shipped model (by default 'best'), a .safetensors model or ensemble file, or
     an .onnx file. device 'auto' picks CUDA; tta averages over a few warped views of each input;
-    runtime 'onnx' runs the network with ONNX Runtime (a model file is exported once and cached);
-    workers: processes that read many images at once (None: one per core; 1: none); precision
-    'auto' runs PyTorch in bf16 where the device computes it natively, else fp32 ('fp32', 'bf16' force).
+    runtime 'auto' runs work of many images on the fastest runtime here that keeps PyTorch fp32's
+    answers (timed once per machine and model, then cached: runtime_choice.py), and single images on
+    PyTorch unless a choice is cached; 'torch'; 'onnx' or 'onnx-int8', ONNX Runtime (a model file is
+    exported once and cached); workers: processes that read many images at once (None: one per core;
+    1: none); precision 'auto' runs PyTorch in bf16 where the device computes it natively, else fp32
+    ('fp32', 'bf16' force). Test-time augmentation and bf16 asked for leave auto nothing to choose:
+    they run on PyTorch.
     """
     from .device import pick_device, pick_precision
     from .ensemble import as_ensemble
     from .pretrained import load
 
     if runtime not in RUNTIMES:
-        raise InputError(f"unknown runtime {runtime!r}; choose torch or onnx.")
+        raise InputError(f"unknown runtime {runtime!r}; choose {', '.join(RUNTIMES)}.")
     if Path(name_or_path).suffix == ".onnx":
         if tta:
             raise InputError(
@@ -357,13 +395,15 @@ def load_model(
         )
     chosen_device = pick_device(str(device))
     bf16 = pick_precision(precision, chosen_device).bf16
-    if bf16 and runtime != "torch" and precision == "bf16":
+    if bf16 and runtime in ("onnx", "onnx-int8") and precision == "bf16":
         raise InputError("bf16 runs on the torch runtime only; leave out the precision or use runtime torch.")
+    if tta and runtime == "onnx-int8":
+        raise InputError("test-time augmentation is not quantized to int8: use runtime torch, onnx or auto.")
     loaded = load(name_or_path, chosen_device)
     model = as_ensemble(loaded.model, tta)
-    if runtime == "onnx":
+    if runtime in ("onnx", "onnx-int8"):
         return Recognizer(
-            cached_onnx(model, loaded.path, tta),
+            cached_onnx(model, loaded.path, tta, int8=runtime == "onnx-int8"),
             threshold=threshold,
             metadata=loaded.metadata,
             path=loaded.path,
@@ -377,23 +417,8 @@ def load_model(
         path=loaded.path,
         workers=workers,
         bf16=bf16,
+        auto_runtime=None if runtime == "torch" or tta or precision == "bf16" else precision,
     )
-
-
-def cached_onnx(model: torch.nn.Module, path: Path, tta: bool) -> OnnxModel:
-    """The model as an ONNX Runtime session, exported once into the user cache directory."""
-    import hashlib
-
-    import platformdirs
-
-    from .export import export_onnx
-
-    key = hashlib.sha256(path.read_bytes()).hexdigest()[:16] + ("-tta" if tta else "")
-    onnx_path = Path(platformdirs.user_cache_dir("mnist-digits")) / "onnx" / f"{key}.onnx"
-    if not onnx_path.exists():
-        ensure_writable_dir(onnx_path.parent)
-        export_onnx(model.cpu(), onnx_path)
-    return OnnxModel.load(onnx_path)
 
 
 def _as_list(inputs: ImageInput | Iterable[ImageInput]) -> Sequence[ImageInput]:

@@ -108,6 +108,11 @@ class FeedbackResponse(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     model: str
+    runtime: str = Field(
+        description='What runs the network, and why: "torch" when it was named; with auto, e.g. '
+        '"onnx (auto: 1.8x torch here, same digits on 1,000 generated images); one image: onnx (0.15 ms '
+        'p50)".'
+    )
 
 
 class ModelInfo(BaseModel):

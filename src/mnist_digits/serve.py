@@ -60,6 +60,9 @@ class ServeConfig:
     port: int = 8000  # TCP port; 0 lets the system pick a free one
     device: str = "cpu"  # where the model runs: cpu, cuda, auto
     precision: str = "auto"  # bf16 autocast where the device computes it natively, else fp32; or force one
+    # auto: the fastest runtime here that keeps PyTorch fp32's answers, chosen (or read from the cache)
+    # at the start; torch, onnx or onnx-int8 (ONNX Runtime) to name one
+    runtime: str = "auto"
     tta: bool = False  # test-time augmentation: average over 5 views of each image
     feedback_db: Path | None = None  # SQLite file for corrections; None: the user data directory
     allowed_origins: tuple[str, ...] = ()  # other web origins allowed to call the API (CORS); none by default
@@ -88,11 +91,18 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     _check_origins(config.allowed_origins)
     recognizer = load_model(
-        config.model, pick_device(config.device), tta=config.tta, precision=config.precision
+        config.model,
+        pick_device(config.device),
+        tta=config.tta,
+        precision=config.precision,
+        runtime=config.runtime,
     )
     store = FeedbackStore(config.feedback_db)
     store.count()  # a database that cannot be opened stops the start, not a person's first correction
     static = {name: (resources.files("mnist_digits") / "static" / name).read_bytes() for name in STATIC_FILES}
+    # auto's choice (seconds, unless cached) before the first request, which would wait for it, and
+    # after the checks that can stop the start
+    recognizer.choose_runtime()
     recognizer.probabilities(np.zeros((1, 28, 28), np.float32))  # the first call is slow: pay it now
     docs = {
         name: (resources.files("fastapi_offline") / "static" / name).read_bytes()
@@ -125,6 +135,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     _add_page_routes(app, static, docs)
     _add_service_routes(app, config, recognizer)
     _add_digit_routes(app, config, recognizer, store)
+    app.state.runtime = recognizer.describe()  # for the line `run` announces
     return app
 
 
@@ -163,8 +174,10 @@ def _add_service_routes(app: FastAPI, config: ServeConfig, recognizer: Recognize
 
     @app.get("/api/health", response_model=schemas.Health, tags=["service"])
     def health() -> schemas.Health:
-        """The server is up and its model is loaded."""
-        return schemas.Health(status="ok", model=model_name)
+        """The server is up, its model is loaded, and this is what runs it."""
+        # Read at each call: a cached choice whose export can no longer be made falls back to torch.
+        runtime = recognizer.describe().removeprefix("runtime ")
+        return schemas.Health(status="ok", model=model_name, runtime=runtime)
 
     @app.get("/api/model", response_model=schemas.ModelInfo, tags=["service"])
     def model_info() -> schemas.ModelInfo:
@@ -282,6 +295,7 @@ def run(config: ServeConfig, announce: Callable[[str], None] = print) -> None:
     port = sock.getsockname()[1]
     shown_host = f"[{config.host}]" if family == socket.AF_INET6 else config.host
     announce(f"Serving model {config.model} on http://{shown_host}:{port}/ (API docs at /docs)")
+    announce(app.state.runtime)
     if not is_loopback(config.host):
         announce(f"warning: {config.host} is reachable from other machines; the API has no authentication.")
     server = uvicorn.Server(
