@@ -6,6 +6,7 @@ import io
 import json
 import socket
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -448,6 +449,9 @@ def test_a_feedback_database_that_cannot_be_written_is_a_clear_error(tiny_model_
             post_json(f"{running.url}/api/feedback", {"pixels": pixels, "label": 3}), 500, "server_error"
         )
         assert "not stored" in message and str(tmp_path) not in message  # the path is for the log only
+        deadline = time.monotonic() + 10  # the log is read by a thread: on a busy machine it lags the reply
+        while str(folder) not in "".join(running.log) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert str(folder) in "".join(running.log)
     finally:
         running.stop()
