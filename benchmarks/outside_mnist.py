@@ -22,13 +22,20 @@ binarized, slanted, 16x16 frame-filling and the 8x8 UCI format, each read throug
 preprocessing, beside the same digits as they are (`validation`) and unchanged through the
 preprocessing (`stress: plain`). They are what to choose training settings by; an ensemble
 whose members held out different digits has no such split, and its stress rows are skipped.
+
+`--preprocess FIELD=VALUE` (repeatable) reads every row but `validation` with another
+mnist_digits.preprocess.PreprocessConfig, to choose the preprocessing by the same rows:
+
+    .venv/bin/python benchmarks/outside_mnist.py --model best --preprocess thin_thick_strokes=true
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -41,6 +48,7 @@ from mnist_digits.checkpoint import update_metadata
 from mnist_digits.errors import MnistDigitsError
 from mnist_digits.files import write_atomic
 from mnist_digits.predict import Recognizer, load_model
+from mnist_digits.preprocess import DEFAULT_CONFIG, PreprocessConfig
 from mnist_digits.pretrained import available, resolve
 from mnist_digits.recipes import TrainConfig, held_out
 from mnist_digits.report import wilson_interval
@@ -77,10 +85,31 @@ def uci_digits() -> tuple[np.ndarray, np.ndarray]:
     return digits.images.astype(np.float32), digits.target.astype(np.int64)
 
 
-def prepare(digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def prepare(digits: np.ndarray, config: PreprocessConfig = DEFAULT_CONFIG) -> tuple[np.ndarray, np.ndarray]:
     """Each 8x8 input scaled up and through the preprocessing: model inputs (N, 28, 28), and
     whether ink was found in each."""
-    return stress.prepare([as_image(counts) for counts in digits])
+    return stress.prepare([as_image(counts) for counts in digits], config)
+
+
+def preprocess_config(settings: list[str]) -> PreprocessConfig:
+    """The default PreprocessConfig with each FIELD=VALUE of `settings` changed; ValueError says
+    which one is wrong."""
+    types = typing.get_type_hints(PreprocessConfig)
+    changes: dict[str, object] = {}
+    for setting in settings:
+        name, _, text = setting.partition("=")
+        if name not in types or not text:
+            raise ValueError(f"{setting!r}: give FIELD=VALUE, FIELD one of {', '.join(types)}")
+        if types[name] is bool:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{setting!r}: {name} is true or false")
+            changes[name] = text.lower() in ("true", "1")
+        else:
+            try:
+                changes[name] = types[name](text)  # int or float
+            except ValueError:
+                raise ValueError(f"{setting!r}: {name} takes a number ({types[name].__name__})") from None
+    return dataclasses.replace(DEFAULT_CONFIG, **changes)
 
 
 def read(recognizer: Recognizer, inputs: np.ndarray, found: np.ndarray) -> np.ndarray:
@@ -138,15 +167,16 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
     uci, uci_labels = uci_digits()
     mnist = data.load(data.locate(args.data_dir, log=lambda m: print(m, file=sys.stderr)))
     control_labels = mnist.test.labels[: args.control]
+    config = args.preprocess_config
     sets = [
-        (UCI, prepare(uci), uci_labels),
-        (CONTROL, prepare(mnist_as_uci(mnist.test.images[: args.control])), control_labels),
+        (UCI, prepare(uci, config), uci_labels),
+        (CONTROL, prepare(mnist_as_uci(mnist.test.images[: args.control]), config), control_labels),
     ]
     rows, notes, splits = [], [], {}
     prepared: dict[str, list[stress.StressSet]] = {}  # by split: models that share one share its images
     for name in args.model or list(available()):
         for tta in sorted({False, args.tta}):
-            recognizer = load_model(name, tta=tta)
+            recognizer = load_model(name, tta=tta, runtime="torch")  # the network's own answers
             for source, (inputs, found), labels in sets:
                 rows.append(score(name, tta, source, read(recognizer, inputs, found), labels))
             print(f"{name}{' --tta' if tta else ''}: {rows[-2].accuracy:.2%} UCI", file=sys.stderr)
@@ -160,7 +190,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
                 continue
             if which not in prepared:
                 print(f"preparing the stress sets of {which} ({len(split.labels):,} digits)", file=sys.stderr)
-                prepared[which] = stress.stress_sets(split, seed=args.stress_seed)
+                prepared[which] = stress.stress_sets(split, seed=args.stress_seed, config=config)
             splits[name] = which
             rows += stress_rows(name, tta, recognizer, split, prepared[which])
     meta = {
@@ -169,6 +199,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
         "uci_digits": len(uci_labels),
         "control_digits": len(control_labels),
         "stress_seed": args.stress_seed,
+        "preprocess": {k: v for k, v in asdict(config).items() if v != getattr(DEFAULT_CONFIG, k)},
         "stress_kinds": stress.KINDS,
         "validation_splits": splits,
         "notes": notes,
@@ -220,6 +251,13 @@ def main() -> None:
     )
     parser.add_argument("--stress-seed", type=int, default=stress.SEED, help="seed of the stress sets")
     parser.add_argument("--no-stress", action="store_true", help="only the UCI and control rows")
+    parser.add_argument(
+        "--preprocess",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="read the images with this PreprocessConfig field changed (repeatable): smooth_binary=false",
+    )
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--json-out", type=Path)
     parser.add_argument(
@@ -230,12 +268,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.stress_digits < 0 or args.control < 1:
         parser.error("--stress-digits takes 0 (all) or more digits, --control 1 or more")
+    try:
+        args.preprocess_config = preprocess_config(args.preprocess)
+    except ValueError as e:
+        parser.error(f"--preprocess {e}")
+    if args.record and args.preprocess:
+        parser.error("--record stores what the default preprocessing reads; leave out --preprocess")
     rows, meta = run(args)
     print(format_table(rows))
     for name, which in meta["validation_splits"].items():
         print(f"{name}: validation and stress rows from its held-out digits ({which})")
     for note in meta["notes"]:
         print(note)
+    changed = ", ".join(f"{k}={v}" for k, v in meta["preprocess"].items()) or "the defaults"
+    print(f"preprocessing: {changed}")
     print(f"stress seed {meta['stress_seed']}; {meta['machine']}; {meta['date']}")
     if args.record:
         for row in rows:

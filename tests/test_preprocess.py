@@ -1,5 +1,7 @@
 """Each preprocessing step, and the whole path from realistic images to MNIST-like inputs."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -141,6 +143,141 @@ def test_noise_on_the_paper_becomes_exact_zero(test_digits):
         assert noisy is not None and clean is not None
         away = ~ndi.binary_dilation(clean > 0, iterations=2)
         assert (noisy[away] == 0).all()  # MNIST's paper is exactly black
+
+
+# --- meeting other writers' digits half way: each change on its own ---------------------------------
+
+# Each change alone, against none of them (the defaults keep those validation supports).
+NONE = preprocess.PreprocessConfig(thin_thick_strokes=False, frame_filling=False, smooth_binary=False)
+THINNING = dataclasses.replace(NONE, thin_thick_strokes=True)
+FRAME_FILLING = dataclasses.replace(NONE, frame_filling=True)
+SMOOTHING = dataclasses.replace(NONE, smooth_binary=True)
+MNIST_99TH_STROKE = 4.82  # px: MNIST's training digits at 28x28 (PreprocessConfig's comment)
+
+
+def soft_share(image: np.ndarray) -> float:
+    """Of the inked pixels, the share that are gray rather than black or white: soft edges."""
+    return float(((image > 0.05) & (image < 0.95)).sum() / (image > 0.05).sum())
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "pen"),
+    [
+        ([(9, 6), (21, 6), (21, 24), (9, 24), (9, 6)], (32, 32), 6),  # a 6 px marker at MNIST's size
+        ([(100, 80), (300, 80), (180, 330)], (400, 400), 100),  # a marker's 7 on a big canvas
+    ],
+    ids=["small", "big-canvas"],
+)
+def test_a_marker_drawing_is_thinned_to_mnist_strokes(shape, size, pen):
+    image = drawing([shape], size=size, width=pen)
+    thick, thinned = preprocess.preprocess(image, NONE), preprocess.preprocess(image, THINNING)
+    assert thick is not None and thinned is not None
+    assert stroke_width(thick > 0.5) > MNIST_99TH_STROKE  # wider than nearly all of MNIST without it
+    assert 2.0 < stroke_width(thinned > 0.5) < MNIST_99TH_STROKE
+    assert max(ink_box(thinned, 0.1)) == 20  # the thinner ink's own box is scaled to 20 px
+    row, col = center_of_mass(thinned)
+    assert abs(row - 14) <= 1 and abs(col - 14) <= 1
+    assert soft_share(thinned) > 0.1  # soft edges eroded, not cut off
+
+
+def test_thinning_never_erases_a_fine_stroke_of_a_thick_digit():
+    image = drawing([[(16, 4), (16, 36)]], size=(48, 40), width=9)
+    ImageDraw.Draw(image).line([(20, 20), (44, 20)], fill=0, width=2)  # a fine stroke off the marker's
+    before, after = preprocess.preprocess(image, NONE), preprocess.preprocess(image, THINNING)
+    assert before is not None and after is not None and not np.array_equal(before, after)
+    fine = slice(None), slice(17, None)  # columns right of the thick bar
+    assert after[fine].max() > 0.8 and after[fine].sum() > 0.8 * before[fine].sum()
+
+
+def frame_filling_one() -> np.ndarray:
+    """A 16x16 scan whose stroke runs from its top edge to its bottom, beside a small separate mark."""
+    scan = np.zeros((16, 16), np.uint8)
+    scan[:, 6:9] = 255
+    scan[5:8, 11:13] = 255
+    return scan
+
+
+def test_a_frame_filling_small_digit_keeps_all_its_ink_and_is_boxed_like_mnist():
+    scan = frame_filling_one()
+    before, after = preprocess.preprocess(scan, NONE), preprocess.preprocess(scan, FRAME_FILLING)
+    assert before is not None and after is not None
+    assert after.shape == (28, 28)
+    # Without the change the stroke touching the frame was taken for a photo's border clutter.
+    assert correlation(before, after) < 0.8
+    height, width = ink_box(after, 0.25)
+    assert height == 20 and width < 20  # the ink's box, scaled as MNIST's: 20 px on its longest side
+    stroke, mark = after[:, 10:17], after[:, 17:]  # both pieces of ink are there, the stroke's whole length
+    assert (stroke > 0.5).any(1).sum() >= 19 and (mark > 0.5).sum() >= 4
+    row, col = center_of_mass(after)
+    assert abs(row - 14) <= 1 and abs(col - 14) <= 1
+
+
+def test_segments_of_a_frame_filling_scan_are_boxed_in_its_own_pixels():
+    scan = frame_filling_one()
+    boxes = [segment.box for segment in segment_digits(scan, FRAME_FILLING)]
+    assert (6, 0, 9, 16) in boxes  # the stroke's, top edge to bottom edge: not the margin's
+    assert all(0 <= left < right <= 16 and 0 <= top < bottom <= 16 for left, top, right, bottom in boxes)
+
+
+def test_frame_filling_digits_from_mnist_read_as_the_digits_themselves(test_digits):
+    from mnist_digits.stress import fill_frame
+
+    scores = []
+    for digit in test_digits.images[:60]:
+        after = preprocess.preprocess(fill_frame(digit, 16), FRAME_FILLING)
+        assert after is not None
+        scores.append(correlation(after, preprocess.preprocess(digit, NONE)))
+    assert min(scores) > 0.75 and np.median(scores) > 0.9
+
+
+def test_a_tight_crop_of_a_one_mostly_ink_keeps_its_polarity(test_digits):
+    """Cropped to its ink, a 1 is more ink than paper: its frame, mostly paper, says which is which."""
+    ones = [d for d, label in zip(test_digits.images, test_digits.labels, strict=True) if label == 1][:20]
+    before, after = [], []
+    for digit in ones:
+        rows, cols = np.flatnonzero((digit > 25).any(1)), np.flatnonzero((digit > 25).any(0))
+        crop = 255 - digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # dark on white, no margin
+        expected = preprocess.preprocess(digit, NONE)
+        for scores, config in ((before, NONE), (after, FRAME_FILLING)):
+            image = preprocess.preprocess(crop, config)
+            scores.append(-1.0 if image is None else correlation(image, expected))
+    misread_before = sum(score < 0.8 for score in before)  # read as their paper, or as nothing
+    misread_after = sum(score < 0.8 for score in after)
+    assert misread_before >= 3 and misread_after <= 1  # a 4 px wide crop may show no paper at all
+
+
+def test_a_binarized_digit_gets_soft_edges(test_digits):
+    for digit in test_digits.images[:10]:
+        binarized = np.where(digit > 127, 255, 0).astype(np.uint8)
+        hard, soft = preprocess.preprocess(binarized, NONE), preprocess.preprocess(binarized, SMOOTHING)
+        assert hard is not None and soft is not None
+        assert soft_share(hard) < 0.05  # at its own size nothing else softens it
+        assert soft_share(soft) > 0.3  # MNIST's own digits: about 0.5
+        original = preprocess.preprocess(digit, NONE)
+        assert correlation(soft, original) > correlation(hard, original)
+        assert soft.max() == pytest.approx(1.0)
+
+
+def test_a_big_black_and_white_canvas_is_softened_by_the_shrinking_alone():
+    image = drawing([[(100, 80), (300, 80), (180, 330)]], size=(400, 400), width=40)
+    plain, smoothed = preprocess.preprocess(image, NONE), preprocess.preprocess(image, SMOOTHING)
+    assert plain is not None and smoothed is not None
+    assert soft_share(plain) > 0.3  # shrinking 14 times anti-aliases
+    assert correlation(plain, smoothed) > 0.98
+
+
+@pytest.mark.parametrize("config", [THINNING, FRAME_FILLING, SMOOTHING], ids=["thin", "frame", "smooth"])
+def test_mnist_like_digits_are_left_unchanged_by_each_change(test_digits, config):
+    typical = [d for d in test_digits.images[:60] if stroke_width(d > 127) < 3.5]  # MNIST's median: 2.7 px
+    assert len(typical) > 30
+    same = 0
+    for digit in typical:
+        changed, unchanged = preprocess.preprocess(digit, config), preprocess.preprocess(digit, NONE)
+        assert changed is not None and unchanged is not None
+        same += np.array_equal(changed, unchanged)
+        # A digit whose stroke touches its 28x28 frame is given a margin: the same ink, a hair apart.
+        assert np.abs(changed - unchanged).max() < 0.05
+    assert same >= len(typical) - 1
 
 
 # --- honest answers: no ink, no digit -------------------------------------------------------------

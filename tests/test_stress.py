@@ -7,7 +7,7 @@ import pytest
 from mnist_digits import pretrained, stress
 from mnist_digits.data import Split
 from mnist_digits.errors import MnistDigitsError
-from mnist_digits.preprocess import stroke_width
+from mnist_digits.preprocess import PreprocessConfig, stroke_width
 from mnist_digits.recipes import held_out
 
 COUNT = 60  # held-out digits per kind: enough to see each change, seconds to prepare
@@ -118,6 +118,17 @@ def test_every_kind_reads_through_the_preprocessing_and_stays_readable(validatio
         accuracy[s.kind] = float((predicted == s.labels).mean())
     assert all(value > 0.8 for value in accuracy.values()), accuracy  # changed, not destroyed
     assert accuracy["plain"] >= 0.95
+
+
+def test_the_stress_sets_are_read_with_the_preprocessing_asked_for(validation):
+    [default] = stress.stress_sets(validation, ("binarized",), config=PreprocessConfig(smooth_binary=False))
+    [smoothed] = stress.stress_sets(validation, ("binarized",), config=PreprocessConfig(smooth_binary=True))
+    assert np.array_equal(smoothed.labels, default.labels) and smoothed.found.all()
+
+    def gray(inputs):  # the share of inked pixels between black and white
+        return float(((inputs > 0.05) & (inputs < 0.95)).sum() / (inputs > 0.05).sum())
+
+    assert gray(default.inputs) < 0.05 < 0.3 < gray(smoothed.inputs)
 
 
 def test_bad_kinds_and_inputs_are_refused(validation):

@@ -39,9 +39,9 @@ from .preprocess import (
     segment_digits,
 )
 from .pretrained import DEFAULT_MODEL
-from .runtime_cache import RuntimeChoice
+from .runtime_cache import AUTO, RuntimeChoice
 from .runtime_choice import AutoRuntime
-from .runtimes import OnnxRuntime, Runtime, TorchRuntime, cached_onnx
+from .runtimes import CHOOSABLE, OnnxRuntime, Runtime, TorchRuntime, cached_onnx
 
 ImageInput: TypeAlias = str | Path | bytes | Image.Image | np.ndarray  # one image; bytes: a file's
 DEFAULT_THRESHOLD = 0.80  # below this probability an answer is marked uncertain (docs/predicting.md)
@@ -356,7 +356,7 @@ class Recognizer:
             pool.shutdown(cancel_futures=True)
 
 
-RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")
+RUNTIMES = (AUTO, *CHOOSABLE)
 
 
 def load_model(

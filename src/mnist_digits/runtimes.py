@@ -10,7 +10,7 @@ set to a folder keeps the exports (and auto's choices) there instead of the user
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -21,12 +21,14 @@ import torch
 from .batching import BATCH_SIZE
 from .errors import InputError, MnistDigitsError
 from .export import OnnxModel
+from .files import sha256_hex
 
 if TYPE_CHECKING:
     from .data import Mnist
 
 TORCH, TORCH_BF16, ONNX, ONNX_INT8 = "torch", "torch-bf16", "onnx", "onnx-int8"
 NAMES = (TORCH, TORCH_BF16, ONNX, ONNX_INT8)
+CHOOSABLE = (TORCH, ONNX, ONNX_INT8)  # what --runtime names, besides auto (bf16 is --precision's)
 CACHE_VAR = "MNIST_DIGITS_RUNTIME_CACHE"  # "0": keep no choice; a folder: keep them (and exports) there
 
 
@@ -157,5 +159,12 @@ def user_cache() -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """The file's SHA-256, in hex: what names its exports and keys auto's choices."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The file's SHA-256, in hex: what names its exports and keys auto's choices. Read once per
+    version of the file (its size and modification time), however often it is asked for."""
+    stat = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_hex(Path(path).read_bytes())

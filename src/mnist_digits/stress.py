@@ -20,7 +20,7 @@ from scipy import ndimage as ndi
 from .augment import binarize, change_stroke_width, shear
 from .data import Split
 from .errors import MnistDigitsError
-from .preprocess import prepare_digit, stroke_width
+from .preprocess import DEFAULT_CONFIG, PreprocessConfig, prepare_digit, stroke_width
 
 SEED = 0  # the stress sets' seed: fixed, so that every model is measured on the same images
 MARGIN = 6  # px of background around a 28x28 digit before it is changed: slant and ink never leave it
@@ -87,19 +87,28 @@ def stress_images(kind: str, images: np.ndarray, seed: int = SEED) -> list[np.nd
     return list((batch[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy())
 
 
-def prepare(user_images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Each image through `predict`'s preprocessing: model inputs (N, 28, 28), and whether ink was found."""
-    prepared = [prepare_digit(image) for image in user_images]
+def prepare(
+    user_images: Sequence[np.ndarray], config: PreprocessConfig = DEFAULT_CONFIG
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image through `predict`'s preprocessing (with `config`): model inputs (N, 28, 28), and
+    whether ink was found."""
+    prepared = [prepare_digit(image, config) for image in user_images]
     found = np.array([p is not None for p in prepared], dtype=bool)
     inputs = [p.image if p is not None else np.zeros((28, 28), np.float32) for p in prepared]
     return (np.stack(inputs) if inputs else np.zeros((0, 28, 28), np.float32)), found
 
 
-def stress_sets(split: Split, kinds: Sequence[str] = tuple(KINDS), seed: int = SEED) -> list[StressSet]:
-    """Each kind of stress made from `split`'s digits (a model's held-out validation images) and prepared."""
+def stress_sets(
+    split: Split,
+    kinds: Sequence[str] = tuple(KINDS),
+    seed: int = SEED,
+    config: PreprocessConfig = DEFAULT_CONFIG,
+) -> list[StressSet]:
+    """Each kind of stress made from `split`'s digits (a model's held-out validation images) and
+    prepared with `config`."""
     sets = []
     for kind in kinds:
-        inputs, found = prepare(stress_images(kind, split.images, seed))
+        inputs, found = prepare(stress_images(kind, split.images, seed), config)
         sets.append(StressSet(kind, inputs, found, split.labels.astype(np.int64)))
     return sets
 
