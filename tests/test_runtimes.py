@@ -280,6 +280,19 @@ def test_the_key_changes_with_the_model_the_threads_and_the_precision(model_file
     assert {"cpu", "cpu_flags_sha256", "torch", "onnxruntime", "device"} <= set(key)
 
 
+def test_a_model_file_is_hashed_once_and_again_when_it_is_replaced(model_file, monkeypatch):
+    reads = []
+    monkeypatch.setattr(runtimes, "sha256_hex", lambda content: reads.append(content) or str(len(reads)))
+    runtimes._sha256_of.cache_clear()
+    assert runtimes.file_sha256(model_file) == runtimes.file_sha256(model_file) == "1"
+    replacement = model_file.with_suffix(".new")
+    retrained = model_file.read_bytes().upper()  # the same size, as a retrained network's file is
+    replacement.write_bytes(retrained)
+    replacement.replace(model_file)  # as write_atomic writes a model
+    assert runtimes.file_sha256(model_file) == "2" and reads[-1] == retrained
+    runtimes._sha256_of.cache_clear()
+
+
 def test_caching_can_be_turned_off(model_file, tmp_path, monkeypatch):
     monkeypatch.setenv(runtimes.CACHE_VAR, "0")
     builds = []

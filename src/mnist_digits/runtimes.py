@@ -160,11 +160,13 @@ def user_cache() -> Path:
 
 def file_sha256(path: Path) -> str:
     """The file's SHA-256, in hex: what names its exports and keys auto's choices. Read once per
-    version of the file (its size and modification time), however often it is asked for."""
+    version of the file (its inode, size and times: a file replaced or rewritten is read again),
+    however often it is asked for."""
     stat = Path(path).stat()
-    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    version = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    return _sha256_of(str(Path(path).resolve()), version)
 
 
 @functools.lru_cache(maxsize=32)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+def _sha256_of(path: str, version: tuple[int, ...]) -> str:
     return sha256_hex(Path(path).read_bytes())
