@@ -241,7 +241,10 @@ def test_models_lists_the_shipped_models_with_their_accuracy(capsys):
     assert reference[1:4] == ["1", "730,602", "2.9"] and "99.55%" in reference
     assert reference[-2:] == ["train,", "summary"]  # the notebook's model is where training starts
     best = next(line for line in lines if line.startswith("best"))
-    assert "99.74%" in best and "predict, serve, evaluate" in best and " ms " in best
+    assert "99.74%" in best and " ms " in best and best.endswith(" -")  # no longer a default
+    robust = next(line for line in lines if line.startswith("robust")).split()
+    assert robust[1] == "2" and "99.72%" in robust and "98.00%" in robust
+    assert " ".join(robust).endswith("predict, serve, evaluate, report, export, load_model()")
 
 
 def test_models_json_gives_sizes_accuracies_and_latency(capsys):
@@ -252,6 +255,7 @@ def test_models_json_gives_sizes_accuracies_and_latency(capsys):
         assert m["file_bytes"] == pretrained.available()[name].stat().st_size
         assert 0 < m["latency_ms"] < 1000 and 0.99 < m["test_accuracy"] <= 1
     assert models["ensemble"]["networks"] == 10 and models["best"]["networks"] == 1
+    assert models["robust"]["networks"] == 2 and models["robust"]["outside_accuracy"] > 0.975  # recorded: 1,761 of 1,797
     assert models["ensemble"]["parameters"] > 5 * models["best"]["parameters"]
 
 

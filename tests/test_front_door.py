@@ -19,8 +19,8 @@ def parsed(*argv: str):
 
 
 @pytest.mark.parametrize("command", READERS)
-def test_commands_that_read_digits_default_to_the_best_network(command):
-    assert parsed(command).model == pretrained.DEFAULT_MODEL == "best"
+def test_commands_that_read_digits_default_to_the_robust_network(command):
+    assert parsed(command).model == pretrained.DEFAULT_MODEL == "robust"
     assert getattr(parsed(command), "device", "auto") == "auto"  # export runs on the CPU
 
 
@@ -29,12 +29,12 @@ def test_train_and_summary_start_from_the_notebook():
     assert parsed("summary").model is None  # the reference architecture, built fresh
 
 
-def test_the_python_api_and_the_server_default_to_the_best_network():
+def test_the_python_api_and_the_server_default_to_the_robust_network():
     from mnist_digits import load_model
     from mnist_digits.serve import ServeConfig
 
-    assert load_model().path == pretrained.resolve("best")
-    assert ServeConfig().model == "best"
+    assert load_model().path == pretrained.resolve("robust")
+    assert ServeConfig().model == "robust"
 
 
 def test_constants_written_out_for_a_fast_help_match_the_library():
@@ -129,9 +129,10 @@ def test_progress_bars_stay_out_of_logs(tiny_mnist_dir, tmp_path):
 def test_models_says_which_model_each_command_uses(capsys):
     assert main(["models", "--json", "--no-latency"]) == 0
     models = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
-    assert models["best"]["default_for"].startswith("predict, serve, evaluate, report, export")
+    assert models["robust"]["default_for"].startswith("predict, serve, evaluate, report, export")
     assert models["reference"]["default_for"] == "train, summary"
-    assert models["ensemble"]["default_for"] == "" and models["best"]["latency_ms"] is None
+    assert models["ensemble"]["default_for"] == models["best"]["default_for"] == ""
+    assert models["robust"]["latency_ms"] is None
 
 
 def test_training_asks_openmp_to_wait_passively_unless_told_otherwise(tmp_path):

@@ -1,7 +1,7 @@
 """mnist-digits: recognize handwritten digits with a Keras-equivalent CNN in PyTorch.
 
 from mnist_digits import load_model
-model = load_model()                  # the shipped best model
+model = load_model()                  # the shipped default model, robust
 model.predict(["seven.jpg", image])   # paths, PIL images or arrays -> list of Prediction
 """
 

@@ -2,7 +2,7 @@
 PIL images or arrays and returns one typed result per input, including for inputs that fail.
 
     from mnist_digits import load_model
-    model = load_model()                      # the shipped best model, on the CPU
+    model = load_model()                      # the shipped default model, robust, on the CPU
     [p] = model.predict("seven.jpg")          # p.digit, p.probability, p.top3, p.uncertain
     [n] = model.read_number("year.png")       # n.text == "2026", n.digits[i].probability
 
@@ -369,7 +369,7 @@ def load_model(
     workers: int | None = None,
     precision: str = "auto",
 ) -> Recognizer:
-    """A Recognizer for a shipped model (by default 'best'), a .safetensors model or ensemble file, or
+    """A Recognizer for a shipped model (by default 'robust'), a .safetensors model or ensemble file, or
     an .onnx file. device 'auto' picks CUDA; tta averages over a few warped views of each input;
     runtime 'auto' runs work of many images on the fastest runtime here that keeps PyTorch fp32's
     answers (timed once per machine and model, then cached: runtime_choice.py), and single images on

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from .checkpoint import LoadedModel
 
 SUFFIX = ".safetensors"
-DEFAULT_MODEL = "best"  # what reads digits unless told otherwise: the most accurate single network
+DEFAULT_MODEL = "robust"  # what reads digits unless told otherwise: two networks trained for other pens too
 REFERENCE_MODEL = "reference"  # the Keras notebook reproduced: `train` and `summary` start from it
 
 
