@@ -32,10 +32,8 @@ mnist_digits.preprocess.PreprocessConfig, to choose the preprocessing by the sam
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import typing
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -50,7 +48,7 @@ from mnist_digits.files import write_atomic
 from mnist_digits.predict import Recognizer, load_model
 from mnist_digits.preprocess import DEFAULT_CONFIG, PreprocessConfig
 from mnist_digits.pretrained import available, resolve
-from mnist_digits.recipes import TrainConfig, held_out
+from mnist_digits.recipes import SettingError, TrainConfig, held_out, with_settings
 from mnist_digits.report import wilson_interval
 from mnist_digits.stress import mnist_as_uci
 from mnist_digits.stress import uci_as_image as as_image
@@ -89,27 +87,6 @@ def prepare(digits: np.ndarray, config: PreprocessConfig = DEFAULT_CONFIG) -> tu
     """Each 8x8 input scaled up and through the preprocessing: model inputs (N, 28, 28), and
     whether ink was found in each."""
     return stress.prepare([as_image(counts) for counts in digits], config)
-
-
-def preprocess_config(settings: list[str]) -> PreprocessConfig:
-    """The default PreprocessConfig with each FIELD=VALUE of `settings` changed; ValueError says
-    which one is wrong."""
-    types = typing.get_type_hints(PreprocessConfig)
-    changes: dict[str, object] = {}
-    for setting in settings:
-        name, _, text = setting.partition("=")
-        if name not in types or not text:
-            raise ValueError(f"{setting!r}: give FIELD=VALUE, FIELD one of {', '.join(types)}")
-        if types[name] is bool:
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"{setting!r}: {name} is true or false")
-            changes[name] = text.lower() in ("true", "1")
-        else:
-            try:
-                changes[name] = types[name](text)  # int or float
-            except ValueError:
-                raise ValueError(f"{setting!r}: {name} takes a number ({types[name].__name__})") from None
-    return dataclasses.replace(DEFAULT_CONFIG, **changes)
 
 
 def read(recognizer: Recognizer, inputs: np.ndarray, found: np.ndarray) -> np.ndarray:
@@ -269,9 +246,9 @@ def main() -> None:
     if args.stress_digits < 0 or args.control < 1:
         parser.error("--stress-digits takes 0 (all) or more digits, --control 1 or more")
     try:
-        args.preprocess_config = preprocess_config(args.preprocess)
-    except ValueError as e:
-        parser.error(f"--preprocess {e}")
+        args.preprocess_config = with_settings(DEFAULT_CONFIG, args.preprocess)
+    except SettingError as e:
+        parser.error(f"--preprocess: {e}")
     if args.record and args.preprocess:
         parser.error("--record stores what the default preprocessing reads; leave out --preprocess")
     rows, meta = run(args)

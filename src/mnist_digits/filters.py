@@ -102,10 +102,10 @@ def pixel_noise(gray: np.ndarray) -> float:
     if gray.shape[1] < 2:
         return 0.0
     rows = gray[:: max(1, gray.shape[0] // 128)]  # 128 rows are plenty, and 4x faster at 512
-    return _noise_std(np.diff(rows, axis=1)) / math.sqrt(2)
+    return noise_std(np.diff(rows, axis=1)) / math.sqrt(2)
 
 
-def _noise_std(values: np.ndarray) -> float:
+def noise_std(values: np.ndarray) -> float:
     """Standard deviation of the bulk of `values` (median absolute deviation), blind to the ink's tail."""
     if values.size == 0:
         return 0.0

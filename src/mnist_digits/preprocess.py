@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from . import images
 from .errors import InputError
-from .filters import blur, gaussian_noise_gain, median, pixel_noise, rank_filters, rank_of
+from .filters import blur, gaussian_noise_gain, median, noise_std, pixel_noise, rank_filters, rank_of
 from .grouping import Blob, group_blobs
 from .grouping import union as bounding
 
@@ -276,8 +276,7 @@ def _pad_with_paper(gray: np.ndarray, config: PreprocessConfig) -> tuple[np.ndar
     paper = float(np.median(ring))
     if np.abs(ring - paper).max() < config.min_contrast:
         return gray, 0
-    steps = np.diff(ring)
-    noise = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) / math.sqrt(2)  # as pixel_noise
+    noise = noise_std(np.diff(ring)) / math.sqrt(2)  # neighbours' differences, as pixel_noise
     margin = math.ceil(max(gray.shape) / 4)
     shape = (gray.shape[0] + 2 * margin, gray.shape[1] + 2 * margin)
     padded = np.random.default_rng(0).normal(paper, noise, shape).clip(0.0, 1.0).astype(np.float32)

@@ -10,7 +10,7 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from .augment import AugmentConfig
 from .data import Mnist, Split, split_validation
@@ -268,10 +268,14 @@ class SettingError(MnistDigitsError):
         super().__init__(f"setting {setting!r}: {problem}")
 
 
-def with_settings(config: TrainConfig, settings: Sequence[str]) -> TrainConfig:
+Config = TypeVar("Config")  # a dataclass of settings: TrainConfig, or another (PreprocessConfig)
+
+
+def with_settings(config: Config, settings: Sequence[str]) -> Config:
     """The config with fields changed by 'FIELD=VALUE' strings, dotted into the augmentation
     and the network: 'label_smoothing=0.05', 'augment.rotation=10', 'model.channels=32,64,128'.
-    Each value is read as its field's declared type; SettingError says what could not be."""
+    Each value is read as its field's declared type; SettingError says what could not be. Any
+    dataclass of settings takes them the same way."""
     for setting in settings:
         name, equals, text = setting.partition("=")
         if not equals or not name.strip():
