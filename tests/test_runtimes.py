@@ -361,3 +361,44 @@ def test_the_command_line_names_the_runtimes_the_library_has():
 
     assert cli_options.RUNTIMES == predict.RUNTIMES
     assert cli_options.AUTO_MIN_IMAGES == runtime_choice.AUTO_MIN_IMAGES
+
+
+@pytest.mark.parametrize(
+    ("asked", "library", "flags"),
+    [
+        (
+            {"runtime": "onnx", "precision": "bf16", "tta": False},
+            "precision bf16 runs on runtime torch only, not onnx: leave out precision or give runtime torch.",
+            "--precision bf16 runs on --runtime torch only, not onnx: "
+            "leave out --precision or give --runtime torch.",
+        ),
+        (
+            {"runtime": "onnx-int8", "precision": "auto", "tta": True},
+            "test-time augmentation is not quantized to int8: give runtime torch, onnx or auto.",
+            "--tta is not quantized to int8: give --runtime torch, onnx or auto.",
+        ),
+    ],
+)
+def test_a_runtime_that_cannot_do_what_was_asked_is_refused_in_the_words_of_each(
+    asked, library, flags, tiny_model_file, tmp_path, capsys
+):
+    """One check for load_model, predict and evaluate, worded for the library or the flags, and made
+    before any image or dataset is read (the data folder here holds nothing)."""
+    from mnist_digits.errors import InputError
+    from mnist_digits.predict import load_model
+
+    with pytest.raises(InputError) as caught:
+        load_model(tiny_model_file, **asked)
+    assert str(caught.value) == library
+    options = [
+        "--model",
+        str(tiny_model_file),
+        "--runtime",
+        asked["runtime"],
+        "--precision",
+        asked["precision"],
+    ]
+    options += ["--tta"] if asked["tta"] else []
+    for command in (["predict", str(tmp_path / "absent.png")], ["evaluate", "--data-dir", str(tmp_path)]):
+        assert main([*command, *options]) == 1
+        assert capsys.readouterr().err == f"error: {flags}\n"

@@ -168,10 +168,14 @@ def _evaluate(
     from .evaluate import evaluate_model
     from .pretrained import load
     from .recipes import MixedSplits, held_out
-    from .runtimes import RuntimeNetwork, TorchRuntime
+    from .runtimes import RuntimeNetwork, TorchRuntime, check_choice
 
     device = pick_device(args.device)
     precision = pick_precision(args.precision, device)
+    runtime_name = getattr(args, "runtime", "torch")  # `report` has no --runtime: PyTorch
+    if getattr(args, "record", False) and runtime_name != "torch":
+        raise MnistDigitsError("--record stores the PyTorch network's test accuracy: leave out --runtime.")
+    check_choice(runtime_name, args.precision, args.tta)  # before the model and the data are read
     loaded = load(args.model, device)
     mnist = _load_data(args)
     try:
@@ -179,7 +183,9 @@ def _evaluate(
     except MixedSplits as e:
         raise MnistDigitsError(f"{e} On the command line: `train --ensemble N --split-seed S`.") from None
     network = as_ensemble(loaded.model, args.tta)
-    runtime, said = _evaluation_runtime(args, network, loaded.path, device, precision, len(images.labels))
+    runtime, said = _evaluation_runtime(
+        args, runtime_name, network, loaded.path, device, precision, len(images.labels)
+    )
     _stderr(f"Evaluating on {device} {said}.")
     if isinstance(runtime, TorchRuntime):
         evaluation = evaluate_model(network, images, device, bf16=runtime.bf16)
@@ -190,30 +196,24 @@ def _evaluate(
 
 def _evaluation_runtime(
     args: argparse.Namespace,
+    name: str,
     network: torch.nn.Module,
     path: Path,
     device: torch.device,
     precision: Precision,
     count: int,
 ) -> tuple[Runtime, str]:
-    """What runs the network over `count` images (--runtime; `report` has none: PyTorch), and the
-    words that say so."""
+    """What runs the network over `count` images (the runtime `name`, checked against the other
+    options by `_evaluate`), and the words that say so."""
     from .runtime_choice import AutoRuntime
     from .runtimes import OnnxRuntime, TorchRuntime, cached_onnx
 
-    name = getattr(args, "runtime", "torch")
     in_torch = TorchRuntime(network, device, precision.bf16)
-    if getattr(args, "record", False) and name != "torch":
-        raise MnistDigitsError("--record stores the PyTorch network's test accuracy: leave out --runtime.")
     if name == "torch" or (name == "auto" and (args.tta or args.precision == "bf16")):
         return in_torch, f"in {precision.describe()}"  # nothing to choose for --tta or --precision bf16
     if name == "auto":
         auto = AutoRuntime(network, path, device, args.precision, in_torch)
         return auto.runtime(count), f"with {auto.describe()}"
-    if args.precision == "bf16":
-        raise MnistDigitsError(f"--precision bf16 runs on --runtime torch only, not {name}.")
-    if args.tta and name == "onnx-int8":
-        raise MnistDigitsError("--tta is not quantized to int8: give --runtime torch or onnx.")
     onnx = OnnxRuntime(cached_onnx(network, path, args.tta, int8=name == "onnx-int8"), name)
     return onnx, f"with runtime {name} (ONNX Runtime)"
 

@@ -37,6 +37,8 @@ FLAGS = {
     "tta": "--tta",
     "record": "--record",
     "val": "--split val",
+    "runtime": "--runtime",
+    "precision": "--precision",
     "max_connections": "--max-connections",
     "header_timeout": "--header-timeout",
     "body_timeout": "--body-timeout",

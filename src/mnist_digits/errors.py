@@ -19,6 +19,8 @@ LIBRARY_TERMS = {
     "tta": "test-time augmentation",
     "record": "Recording",  # the test accuracy in the model file
     "val": "the validation split",
+    "runtime": "runtime",  # load_model's arguments
+    "precision": "precision",
     # ServeConfig's fields
     "max_connections": "max_connections",
     "header_timeout": "header_timeout",

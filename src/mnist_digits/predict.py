@@ -41,7 +41,7 @@ from .preprocess import (
 from .pretrained import DEFAULT_MODEL
 from .runtime_cache import AUTO, RuntimeChoice
 from .runtime_choice import AutoRuntime
-from .runtimes import CHOOSABLE, OnnxRuntime, Runtime, TorchRuntime, cached_onnx
+from .runtimes import CHOOSABLE, OnnxRuntime, Runtime, TorchRuntime, cached_onnx, check_choice
 
 ImageInput: TypeAlias = str | Path | bytes | Image.Image | np.ndarray  # one image; bytes: a file's
 DEFAULT_THRESHOLD = 0.80  # below this probability an answer is marked uncertain (docs/predicting.md)
@@ -395,10 +395,7 @@ def load_model(
         )
     chosen_device = pick_device(str(device))
     bf16 = pick_precision(precision, chosen_device).bf16
-    if bf16 and runtime in ("onnx", "onnx-int8") and precision == "bf16":
-        raise InputError("bf16 runs on the torch runtime only; leave out the precision or use runtime torch.")
-    if tta and runtime == "onnx-int8":
-        raise InputError("test-time augmentation is not quantized to int8: use runtime torch, onnx or auto.")
+    check_choice(runtime, precision, tta)
     loaded = load(name_or_path, chosen_device)
     model = as_ensemble(loaded.model, tta)
     if runtime in ("onnx", "onnx-int8"):

@@ -32,6 +32,18 @@ CHOOSABLE = (TORCH, ONNX, ONNX_INT8)  # what --runtime names, besides auto (bf16
 CACHE_VAR = "MNIST_DIGITS_RUNTIME_CACHE"  # "0": keep no choice; a folder: keep them (and exports) there
 
 
+def check_choice(runtime: str, precision: str, tta: bool) -> None:
+    """Refuse a runtime that cannot do what else was asked (InputError, worded by its placeholders
+    for the library or the command line): bf16 is PyTorch's, and test-time augmentation has no int8."""
+    if precision == "bf16" and runtime in (ONNX, ONNX_INT8):
+        raise InputError(
+            advice=f"{{precision}} bf16 runs on {{runtime}} torch only, not {runtime}: "
+            "leave out {precision} or give {runtime} torch."
+        )
+    if tta and runtime == ONNX_INT8:
+        raise InputError(advice="{tta} is not quantized to int8: give {runtime} torch, onnx or auto.")
+
+
 class Runtime(Protocol):
     """One way to run the network."""
 
