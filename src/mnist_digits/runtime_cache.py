@@ -4,6 +4,7 @@ folder keeps them there)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -108,8 +109,10 @@ def cache_key(model_path: Path, device: torch.device, precision: str = AUTO) -> 
     }
 
 
+@functools.cache
 def _cpu() -> dict[str, str]:
-    """The processor's model name and a digest of its feature flags (vector width, bf16, AMX...)."""
+    """The processor's model name and a digest of its feature flags (vector width, bf16, AMX...),
+    read once a process: they do not change under it."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:  # not Linux
