@@ -1,7 +1,7 @@
 """Accuracy on handwritten digits from outside MNIST: the UCI optical-recognition digits, and
 MNIST's held-out validation digits made to look like other people's (the stress sets).
 
-    .venv/bin/pip install scikit-learn      # ships the UCI digits; nothing is downloaded
+    .venv/bin/pip install scikit-learn scikit-image   # the UCI digits (nothing is downloaded); skeletons
     .venv/bin/python benchmarks/outside_mnist.py                 # every shipped model
     .venv/bin/python benchmarks/outside_mnist.py --model best --tta --record
 
@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
     prepared: dict[str, list[stress.StressSet]] = {}  # by split: models that share one share its images
     for name in args.model or list(available()):
         for tta in sorted({False, args.tta}):
-            recognizer = load_model(name, tta=tta, runtime="torch")  # the network's own answers
+            # The network's own answers, the same on any CPU (bf16 rounds them).
+            recognizer = load_model(name, tta=tta, runtime="torch", precision="fp32")
             for source, (inputs, found), labels in sets:
                 rows.append(score(name, tta, source, read(recognizer, inputs, found), labels))
             print(f"{name}{' --tta' if tta else ''}: {rows[-2].accuracy:.2%} UCI", file=sys.stderr)

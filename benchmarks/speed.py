@@ -111,7 +111,7 @@ def measure_training(
     per_second = progress.seen / seconds
     return {
         "what": f"training, reference recipe (batch {config.batch_size}, augmentation, {precision})",
-        **({"peer": "training"} if precision == "fp32" else {}),  # Keras trains in fp32
+        "peer": "training",  # Keras' row trains in fp32, as the notebook does; `auto` takes bf16 where native
         "images_per_second": per_second,
         "seconds_per_epoch": round(len(labels) * (1 - config.val_fraction)) / per_second,
         "gflops": per_second * 3 * forward_flops(model) / 1e9,
@@ -195,6 +195,7 @@ def measure_onnx(model: torch.nn.Module, mnist: data.Mnist, args: argparse.Names
             rows.append(
                 {
                     "what": f"inference, ONNX Runtime {kind}, batch {args.batch}",
+                    "peer": "inference",
                     "images_per_second": per_second,
                     "gflops": per_second * flops / 1e9,
                 }
@@ -202,6 +203,7 @@ def measure_onnx(model: torch.nn.Module, mnist: data.Mnist, args: argparse.Names
             rows.append(
                 {
                     "what": f"latency, ONNX Runtime {kind}, 1 image",
+                    "peer": "latency",
                     **time_calls(lambda s=session: s.logits(image), args.latency_calls, cpu),
                 }
             )
@@ -226,11 +228,13 @@ def measure_auto(model: torch.nn.Module, device: torch.device, args: argparse.Na
     return [
         {
             "what": f"inference, auto runtime ({choice.name}), batch {args.batch}",
+            "peer": "inference",
             "images_per_second": per_second,
             "gflops": per_second * forward_flops(model) / 1e9,
         },
         {
             "what": f"latency, auto runtime ({choice.single}), 1 image",
+            "peer": "latency",
             **time_calls(lambda: single.logits(batch[:1]), args.latency_calls, device),
         },
     ]

@@ -268,6 +268,8 @@ class RunningServer:
         command += ["--model", str(model), "--feedback-db", str(feedback_db), *options]
         if "--runtime" not in options:  # auto's choice costs seconds per model: test_serve tests it once
             command += ["--runtime", "torch"]
+        if "--precision" not in options:  # the same answers on every CPU: `auto` takes bf16 where native
+            command += ["--precision", "fp32"]
         self.feedback_db = feedback_db
         self.log: list[str] = []
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -357,10 +359,11 @@ def reference_model_path() -> str:
 @pytest.fixture(scope="session")
 def reference_recognizer(reference_model_path: str):  # -> mnist_digits.predict.Recognizer
     """The shipped reference model (see reference_model_path) as a Recognizer on the CPU, run by
-    PyTorch: the tests that use it measure the network, not a runtime this machine chose."""
+    PyTorch in fp32: the tests that use it measure the network, not a runtime or precision this
+    machine chose."""
     from mnist_digits.predict import load_model
 
-    return load_model(reference_model_path, runtime="torch")
+    return load_model(reference_model_path, runtime="torch", precision="fp32")
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,8 @@ def test_dry_run_training_then_evaluate_with_figures(data_env, tmp_path, capsys)
     assert len(metadata["history"]) == 1
 
     figures = tmp_path / "figures"
-    assert main(["evaluate", "--model", str(run / "model.safetensors"), "--out", str(figures), "--json"]) == 0
+    evaluate = ["evaluate", "--model", str(run / "model.safetensors"), "--out", str(figures), "--json"]
+    assert main([*evaluate, "--precision", "fp32"]) == 0  # as `train` measures it; auto may take bf16
     report = json.loads(capsys.readouterr().out)
     assert report["accuracy"] == pytest.approx(metadata["test_accuracy"])
     written = sorted(p.name for p in figures.iterdir())

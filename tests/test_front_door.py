@@ -135,18 +135,19 @@ def test_models_says_which_model_each_command_uses(capsys):
     assert models["robust"]["latency_ms"] is None
 
 
-def test_training_asks_openmp_to_wait_passively_unless_told_otherwise(tmp_path):
+def test_training_asks_openmp_to_spin_briefly_unless_told_otherwise(tmp_path):
     code = (
-        "import os, sys\nfrom mnist_digits.cli import main\n"
-        "code = main(sys.argv[1:])\nprint(code, os.environ.get('OMP_WAIT_POLICY'), file=sys.stderr)"
+        "import os, sys\nfrom mnist_digits.cli import main\ncode = main(sys.argv[1:])\n"
+        "print(code, os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'), file=sys.stderr)"
     )
     train = ["train", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
     def policy(argv: list[str], env: dict[str, str]) -> str:
         done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env)
         return done.stderr.strip().splitlines()[-1]
 
-    assert policy(train, env) == "1 PASSIVE"  # set before the data (and torch) were looked at
-    assert policy(train, {**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "1 ACTIVE"
-    assert policy(["models", "--json", "--no-latency"], env) == "0 None"  # inference keeps spinning threads
+    assert policy(train, env) == "1 None 10000"  # set before the data (and torch) were looked at
+    assert policy(train, {**env, "OMP_WAIT_POLICY": "PASSIVE"}) == "1 PASSIVE None"
+    assert policy(train, {**env, "GOMP_SPINCOUNT": "7"}) == "1 None 7"
+    assert policy(["models", "--json", "--no-latency"], env) == "0 None None"  # inference: PyTorch's own

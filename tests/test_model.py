@@ -5,7 +5,15 @@ import torch
 from torch import nn
 
 from mnist_digits.errors import MnistDigitsError
-from mnist_digits.model import DigitNet, ModelConfig, feature_size, format_summary, forward_flops, summarize
+from mnist_digits.model import (
+    DigitNet,
+    Dropout,
+    ModelConfig,
+    feature_size,
+    format_summary,
+    forward_flops,
+    summarize,
+)
 
 
 def test_parameter_counts_match_the_keras_summary():
@@ -125,3 +133,32 @@ def test_forward_flops_counts_convolutions_and_dense_layers():
         + 2 * 128 * 10  # classifier
     )
     assert forward_flops(DigitNet()) == by_hand == 33_422_080
+
+
+@pytest.mark.parametrize("p", [0.2, 0.25])
+def test_dropout_zeroes_a_share_p_and_scales_the_rest_as_nn_dropout(p):
+    x = torch.rand(64, 32, 12, 12) + 0.5  # no zeros of its own
+    layer = Dropout(p).train()
+    torch.manual_seed(3)
+    y = layer(x.requires_grad_())
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - p) < 0.01  # 295k values: 0.01 is over ten sigma
+    torch.testing.assert_close(y[~dropped], x[~dropped] / (1 - p))
+    y.sum().backward()  # the gradient flows through the kept values only, scaled the same
+    torch.testing.assert_close(x.grad, (~dropped).float() / (1 - p))
+    torch.manual_seed(3)
+    assert torch.equal(layer(x), y)  # the masks come from torch's seeded generator
+    assert not torch.equal(layer(x), y)  # ...and differ from call to call
+    assert torch.equal(layer.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))  # nn.Dropout's own answer
+
+
+def test_dropout_in_bfloat16_scales_in_float32_arithmetic():
+    """4/3 has no bfloat16: scaling by the rounded 1.3359 would make every kept value 0.2% too big."""
+    x = (torch.rand(64, 128, 6, 6) + 0.5).to(torch.bfloat16)
+    y = Dropout(0.25).train()(x)
+    assert y.dtype == torch.bfloat16
+    kept = y != 0
+    expected = (x[kept].float() * (4 / 3)).to(torch.bfloat16)  # rounded once, from the exact product
+    assert torch.equal(y[kept], expected)

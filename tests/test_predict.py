@@ -11,9 +11,11 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mnist_digits import batching, load_model, predict, render
+from mnist_digits.device import native_bf16
 from mnist_digits.errors import InputError, MnistDigitsError
 from mnist_digits.predict import NO_DIGIT, NumberReading, Prediction, Recognizer
 
@@ -348,7 +350,10 @@ def test_auto_runs_a_few_images_on_pytorch_without_choosing(
     assert len(recognizer.predict_pixels(test_digits.images[:50])) == 50
     assert len(recognizer.predict(test_digits.images[0])) == 1
     assert recognizer.runtime_choice is None
-    assert recognizer.describe().startswith("runtime torch (auto: no choice made for this machine and model")
+    torch_here = "torch-bf16" if native_bf16(torch.device("cpu")) else "torch"  # what `auto` precision takes
+    assert recognizer.describe().startswith(
+        f"runtime {torch_here} (auto: no choice made for this machine and model"
+    )
 
 
 def test_work_of_many_images_makes_the_choice_and_one_image_takes_its_one_image_runtime(
@@ -386,8 +391,8 @@ def test_test_time_augmentation_and_a_given_runtime_leave_nothing_to_choose(
     tiny_model_file, own_runtime_cache
 ):
     for recognizer, name in [
-        (load_model(tiny_model_file, tta=True), "torch"),
-        (load_model(tiny_model_file, runtime="torch"), "torch"),
+        (load_model(tiny_model_file, tta=True, precision="fp32"), "torch"),
+        (load_model(tiny_model_file, runtime="torch", precision="fp32"), "torch"),
         (load_model(tiny_model_file, precision="bf16"), "torch-bf16"),
     ]:
         assert recognizer.choose_runtime() is None and recognizer.describe() == f"runtime {name}"

@@ -8,11 +8,10 @@ Each command's options sit beside its handler: `add_<command>` and `run_<command
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__, cli_measure, cli_predict, cli_train
+from . import __version__, cli_measure, cli_predict, cli_train, threads
 from .cli_options import (
     DEFAULT_THRESHOLD,
     EXIT_ERROR,
@@ -62,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "train":
-        _share_the_cpu_politely()
+    if args.command == "train":  # before torch loads: OpenMP reads its settings then
+        threads.announce(threads.choose_for_training())
     try:
         return args.run(args)
     except TrainingInterrupted as e:  # only `train` stops this way
@@ -75,14 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-def _share_the_cpu_politely() -> None:
-    """For training, OpenMP threads that sleep while they wait rather than spin, unless the user chose:
-    where another job holds a core, spinning threads fight it (benchmarks/shared_cpu.py). Not for
-    inference, where waking sleeping threads slows each small forward pass. Read by OpenMP when torch
-    loads, so this comes before any torch import."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 if __name__ == "__main__":
