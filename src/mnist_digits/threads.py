@@ -3,7 +3,7 @@
 Chosen by `mnist-digits train` before PyTorch loads (OpenMP reads its settings once, then), and
 never over a setting of the user's: OMP_NUM_THREADS, OMP_WAIT_POLICY or GOMP_SPINCOUNT in the
 environment is left as it is. The Python API sets nothing. Measured with
-benchmarks/shared_cpu.py ([docs/performance.md](../../docs/performance.md#sharing-the-cpu-with-other-work)):
+benchmarks/shared_cpu.py (docs/performance.md, "Sharing the CPU with other work"):
 
 - Threads that have finished their share of an operation spin for SPIN_COUNT turns, then sleep
   (GNU OpenMP's GOMP_SPINCOUNT, which PyTorch's Linux builds use). Sleeping at once
