@@ -28,7 +28,7 @@ def test_busy_cores_counts_each_usable_cpus_busy_share():
 
 
 def _choose(env: dict[str, str], busy: float, monkeypatch, cores: int = 2) -> threads.ThreadChoice:
-    monkeypatch.setattr(threads, "_usable_cpus", lambda: set(range(cores)))
+    monkeypatch.setattr(threads, "usable_cpus", lambda: set(range(cores)))
     shares = [min(1.0, max(0.0, busy - n)) for n in range(cores)]
     after = _stat(*[(round(100 * s), round(100 * (1 - s))) for s in shares])
     readings = iter([_stat(*[(0, 0)] * cores), after])
@@ -68,7 +68,7 @@ def test_what_the_user_set_is_left_alone(monkeypatch):
 
 
 def test_an_unreadable_or_odd_proc_stat_leaves_the_threads_alone(monkeypatch):
-    monkeypatch.setattr(threads, "_usable_cpus", lambda: {0, 1})
+    monkeypatch.setattr(threads, "usable_cpus", lambda: {0, 1})
     for readings in ([None], ["cpu0 garbage here\n", "cpu0 1 2\n"]):
         env: dict[str, str] = {}
         it = iter(readings)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+from .threads import usable_cpus
 
 if TYPE_CHECKING:
     from .predict import ImageInput
@@ -20,10 +21,7 @@ CHUNK_BYTES = 32_000_000  # ...and at most this much of in-memory images (copied
 
 def default_workers() -> int:
     """The pool's processes when `workers` is None: one per core this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return len(usable_cpus())
 
 
 class Batches:

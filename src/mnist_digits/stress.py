@@ -137,7 +137,7 @@ def thin_strokes(image: np.ndarray, width: float = THIN_WIDTH) -> np.ndarray:
     shape = (large > 127) & inked
     if not shape.any():
         return image
-    depth = ndi.distance_transform_edt(np.pad(shape, 1))[1:-1, 1:-1]  # px to the background
+    depth = _depth(shape)
     ridge = skeletonize(shape)
     half = width * THIN_SCALE / 2
     # A blot (a loop filled in: ink far deeper than the digit's strokes) has a point or a short
@@ -148,10 +148,15 @@ def thin_strokes(image: np.ndarray, width: float = THIN_WIDTH) -> np.ndarray:
         distance, (rows, cols) = ndi.distance_transform_edt(~blot_ridge, return_indices=True)
         blot = distance <= depth[rows, cols]
     filled = ndi.binary_fill_holes(shape)  # the outline is the blot's outside, not a hole's rim
-    outline = blot & (ndi.distance_transform_edt(np.pad(filled, 1))[1:-1, 1:-1] <= 2 * half)
+    outline = blot & (_depth(filled) <= 2 * half)
     kept = shape & ((ndi.distance_transform_edt(~(ridge & ~blot)) <= half) | outline)
     small = Image.fromarray(kept.astype(np.float32)).resize((28, 28), Image.Resampling.BOX)
     return (np.asarray(small) * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def _depth(mask: np.ndarray) -> np.ndarray:
+    """Each pixel's distance to the background in px, beyond the image's edge counting as background."""
+    return ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
 
 
 def fill_frame(image: np.ndarray, side: int = FRAME) -> np.ndarray:

@@ -76,7 +76,8 @@ def _read_stat() -> str | None:
         return None  # not Linux
 
 
-def _usable_cpus() -> set[int]:
+def usable_cpus() -> set[int]:
+    """The CPUs this process may run on (its affinity on Linux; every CPU elsewhere)."""
     if hasattr(os, "sched_getaffinity"):
         return set(os.sched_getaffinity(0))
     return set(range(os.cpu_count() or 1))
@@ -92,7 +93,7 @@ def choose_for_training(
     env = os.environ if environ is None else environ
     if "OMP_WAIT_POLICY" not in env:
         env.setdefault("GOMP_SPINCOUNT", str(SPIN_COUNT))
-    cpus = _usable_cpus()
+    cpus = usable_cpus()
     cores = len(cpus)
     if "OMP_NUM_THREADS" in env or cores < 2:
         return ThreadChoice(cores, 0.0, None)
