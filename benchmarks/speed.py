@@ -17,7 +17,10 @@ pass) and compared with the machine's peak, estimated from its cores, clock and 
 When TensorFlow is at hand (this interpreter, the repository's .venv-keras, or --keras-python),
 the same invocation then runs benchmarks/keras_peer.py, the notebook's Keras code, with the
 same threads, training slice and inference batch, and each comparable row shows Keras' number
-and how many times faster ours is.
+and how many times faster ours is. The training rows, ours and Keras', are measured in turn,
+--rounds times (3 unless told), and each shows its median round: on a shared host the speed of
+one machine drifts by a fifth over minutes, so a ratio of two single measurements minutes apart
+says little.
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 from machine import cpu_flags, cpu_name, describe_cpu  # benchmarks/machine.py
 
-from mnist_digits import data, pretrained
+from mnist_digits import allocator, data, pretrained
 from mnist_digits.device import pick_device
 from mnist_digits.evaluate import evaluate_model
 from mnist_digits.model import DigitNet, forward_flops, predict_logits
@@ -65,6 +69,8 @@ class Result:
     cpu: str = ""  # model name and the notable flags it has and lacks
     cpu_flags: list[str] = field(default_factory=list)  # of machine.NOTABLE_FLAGS
     keras: dict | None = None  # keras_peer.py's output (versions, threads, rows), when it ran
+    # images/s of each training round: {"fp32": ..., "bf16": ..., "keras": ...}, ours and Keras' in turn
+    training_rounds: list[dict] = field(default_factory=list)
 
 
 def cpu_peak_gflops(threads: int) -> float:
@@ -92,7 +98,9 @@ def sync(device: torch.device) -> None:
 def measure_training(
     mnist: data.Mnist, device: torch.device, images_count: int, warmup_steps: int, precision: str = "fp32"
 ) -> dict:
-    """Images/s of the reference recipe's training steps, augmentation included."""
+    """Images/s of the reference recipe's training steps, augmentation included, with malloc set
+    as `mnist-digits train` sets it."""
+    allocator.keep_freed_memory()
     config = TrainConfig(precision=precision)
     images, labels = data.to_tensors(mnist.train, device)
     torch.manual_seed(0)
@@ -250,20 +258,56 @@ def keras_python(given: Path | None) -> Path | None:
     return KERAS_VENV_PYTHON if KERAS_VENV_PYTHON.is_file() else None
 
 
-def run_keras_peer(python: Path, data_dir: Path, threads: int, args: argparse.Namespace) -> dict | None:
-    """keras_peer.py's JSON, run with our threads, training slice and inference sizes; None (with
-    a note) when it fails. Its progress and errors reach the terminal as they happen."""
+def run_keras_peer(
+    python: Path, data_dir: Path, threads: int, args: argparse.Namespace, training: bool, inference: bool
+) -> dict | None:
+    """keras_peer.py's JSON, run with our threads, training slice and inference sizes, for its
+    training row, its inference rows or both; None (with a note) when it fails. Its progress and
+    errors reach the terminal as they happen."""
     command = [str(python), str(HERE / "keras_peer.py"), "--data-dir", str(data_dir)]
     command += ["--threads", str(threads), "--train-images", str(args.train_images), "--warmup-steps", "10"]
     command += ["--batch", str(args.batch), "--repeats", str(args.repeats)]
     command += ["--latency-calls", str(args.latency_calls)]
-    command += ["--skip-training"] if args.skip_training else []
+    command += [] if training else ["--skip-training"]
+    command += [] if inference else ["--skip-inference"]
     try:
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=KERAS_TIMEOUT, check=True)
         return json.loads(done.stdout)
     except (OSError, subprocess.SubprocessError, json.JSONDecodeError) as e:
         print(f"Keras rows skipped: keras_peer.py under {python} failed ({e})", file=sys.stderr)
         return None
+
+
+def median_round(rows: list[dict]) -> dict:
+    """The round of median speed (the lower of the two middle ones for an even count), with every
+    round's images/s under "rounds"."""
+    ordered = sorted(rows, key=lambda row: row["images_per_second"])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds": [row["images_per_second"] for row in rows]}
+
+
+def measure_training_rounds(
+    mnist: data.Mnist, device: torch.device, args: argparse.Namespace, peer: Callable[[], dict | None] | None
+) -> tuple[list[dict], dict | None, list[dict]]:
+    """Our training rows and Keras' (`peer` runs it; None: no Keras), measured `args.rounds` times
+    in turn, so that a machine whose speed drifts over minutes (a shared host's does) moves ours and
+    Keras' alike. Each row is its median round. Returns our rows, Keras' training row (None without
+    Keras) and each round's images/s."""
+    precisions = ["fp32"] + (["bf16"] if args.bf16 else [])
+    ours: dict[str, list[dict]] = {precision: [] for precision in precisions}
+    keras: list[dict] = []
+    rounds: list[dict] = []
+    for _ in range(args.rounds):
+        speeds = {}
+        for precision in precisions:
+            ours[precision].append(measure_training(mnist, device, args.train_images, 10, precision))
+            speeds[precision] = ours[precision][-1]["images_per_second"]
+        run = peer() if peer is not None else None
+        row = next((row for row in run["rows"] if row["kind"] == "training"), None) if run else None
+        if row is not None:
+            keras.append(row)
+            speeds["keras"] = row["images_per_second"]
+        rounds.append(speeds)
+    return [median_round(rows) for rows in ours.values()], median_round(keras) if keras else None, rounds
 
 
 def compare_with_keras(rows: list[dict], keras: dict, forward_gflop: float) -> None:
@@ -301,10 +345,19 @@ def run(args: argparse.Namespace) -> Result:
     data_dir = data.locate(args.data_dir)
     mnist = data.load(data_dir)
     model = pretrained.load("reference", device).model.to(memory_format=torch.channels_last)
+    python = None if args.skip_keras else keras_python(args.keras_python)
+    if not args.skip_keras and device.type != "cpu":
+        print("Keras rows skipped: keras_peer.py runs on the CPU; compare there with --device cpu", file=sys.stderr)
+        python = None
+    elif not args.skip_keras and python is None:
+        print(f"Keras rows skipped: no TensorFlow here; install it with `{KERAS_INSTALL}`", file=sys.stderr)
+    keras_training = None
     if not args.skip_training:
-        result.rows.append(measure_training(mnist, device, args.train_images, warmup_steps=10))
-        if args.bf16:
-            result.rows.append(measure_training(mnist, device, args.train_images, 10, "bf16"))
+        peer = None
+        if python is not None:
+            peer = partial(run_keras_peer, python, data_dir, threads, args, training=True, inference=False)
+        training, keras_training, result.training_rounds = measure_training_rounds(mnist, device, args, peer)
+        result.rows += training
     if not args.skip_fast:
         result.rows.append(measure_fast_recipe(mnist, device))
     result.rows += measure_pytorch(model, device, args)
@@ -314,19 +367,10 @@ def run(args: argparse.Namespace) -> Result:
         print(f"ONNX Runtime rows skipped ({e}); install the [onnx] extra for them", file=sys.stderr)
     if args.auto_runtime:
         result.rows += measure_auto(model, device, args)
-    if not args.skip_keras:
-        python = keras_python(args.keras_python)
-        if device.type != "cpu":
-            print(
-                "Keras rows skipped: keras_peer.py runs on the CPU; compare there with --device cpu",
-                file=sys.stderr,
-            )
-        elif python is None:
-            print(
-                f"Keras rows skipped: no TensorFlow here; install it with `{KERAS_INSTALL}`", file=sys.stderr
-            )
-        else:
-            result.keras = run_keras_peer(python, data_dir, threads, args)
+    if python is not None:
+        result.keras = run_keras_peer(python, data_dir, threads, args, training=False, inference=True)
+        if result.keras is not None and keras_training is not None:
+            result.keras["rows"].insert(0, keras_training)
     if result.keras:
         compare_with_keras(result.rows, result.keras, forward_flops(model) / 1e9)
     for row in result.rows + (result.keras["rows"] if result.keras else []):
@@ -369,11 +413,18 @@ def format_table(result: Result) -> str:
             "speedup: how many times faster ours is."
         )
         lines.append(
-            f"\nKeras peer (benchmarks/keras_peer.py, run after ours): TensorFlow {keras['tensorflow']}, "
+            f"\nKeras peer (benchmarks/keras_peer.py: training in turn with ours, inference after): TensorFlow {keras['tensorflow']}, "
             f"Keras {keras['keras']}, {keras['intra_op_threads']} intra-op and {keras['inter_op_threads']} "
             f"inter-op threads, XLA {'on' if keras['jit_compile'] else 'off'}"
         )
         lines += [format_row(row, False) for row in keras["rows"]]
+    if len(result.training_rounds) > 1:
+        lines.append(f"\ntraining, {len(result.training_rounds)} rounds in turn (each row above: its median round)")
+        for number, speeds in enumerate(result.training_rounds, 1):
+            cells = [f"{name} {value:,.0f}" for name, value in speeds.items()]
+            if "keras" in speeds:
+                cells += [f"{name}/Keras {value / speeds['keras']:.2f}x" for name, value in speeds.items() if name != "keras"]
+            lines.append(f"  round {number}: " + ", ".join(cells) + " images/s" * ("keras" not in speeds))
     for row in result.rows:
         if "train_seconds" in row:
             reached = "reached" if row["test_accuracy"] >= 0.995 else "NOT reached"
@@ -393,6 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="batches timed for inference")
     parser.add_argument("--latency-calls", type=int, default=500)
     parser.add_argument("--skip-training", action="store_true", help="no training-throughput row")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="times the training rows (ours and Keras', in turn) are measured; each row is the median",
+    )
     parser.add_argument("--skip-fast", action="store_true", help="do not train the fast recipe")
     parser.add_argument("--bf16", action="store_true", help="also time training with bf16 autocast")
     parser.add_argument(
@@ -410,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-keras", action="store_true", help="no Keras peer rows")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be 1 or more, not {args.rounds}")
     result = run(args)
     print(format_table(result))
     if args.json_out:

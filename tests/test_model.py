@@ -154,6 +154,19 @@ def test_dropout_zeroes_a_share_p_and_scales_the_rest_as_nn_dropout(p):
     assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))  # nn.Dropout's own answer
 
 
+@pytest.mark.parametrize("shape", [(64, 128, 6, 6), (3, 7, 5)])  # a multiple of four values, and not
+def test_dropout_draws_every_lane_of_the_generators_words_alike(shape):
+    """Four 15-bit numbers come from each 64-bit word; the top lane must drop its share too."""
+    torch.manual_seed(0)
+    masks = torch.stack([Dropout(0.25).train()(torch.ones(shape)) == 0 for _ in range(400)])
+    by_lane = masks.flatten(1).float().mean(0)  # each position's share over 400 draws
+    lanes = torch.arange(by_lane.numel()) % 4
+    for lane in range(4):
+        share = by_lane[lanes == lane].mean().item()
+        assert abs(share - 0.25) < 0.015, (lane, share)  # over three sigma for 105 values
+    assert masks.float().std(0).min() > 0  # every position is dropped sometimes and kept sometimes
+
+
 def test_dropout_in_bfloat16_scales_in_float32_arithmetic():
     """4/3 has no bfloat16: scaling by the rounded 1.3359 would make every kept value 0.2% too big."""
     x = (torch.rand(64, 128, 6, 6) + 0.5).to(torch.bfloat16)

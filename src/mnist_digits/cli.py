@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__, cli_measure, cli_predict, cli_train, threads
+from . import __version__, allocator, cli_measure, cli_predict, cli_train, threads
 from .cli_options import (
     DEFAULT_THRESHOLD,
     EXIT_ERROR,
@@ -63,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":  # before torch loads: OpenMP reads its settings then
         threads.announce(threads.choose_for_training())
+        allocator.keep_freed_memory()  # each step's blocks reused, not faulted in afresh
     try:
         return args.run(args)
     except TrainingInterrupted as e:  # only `train` stops this way
