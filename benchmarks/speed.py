@@ -347,7 +347,10 @@ def run(args: argparse.Namespace) -> Result:
     model = pretrained.load("reference", device).model.to(memory_format=torch.channels_last)
     python = None if args.skip_keras else keras_python(args.keras_python)
     if not args.skip_keras and device.type != "cpu":
-        print("Keras rows skipped: keras_peer.py runs on the CPU; compare there with --device cpu", file=sys.stderr)
+        print(
+            "Keras rows skipped: keras_peer.py runs on the CPU; compare there with --device cpu",
+            file=sys.stderr,
+        )
         python = None
     elif not args.skip_keras and python is None:
         print(f"Keras rows skipped: no TensorFlow here; install it with `{KERAS_INSTALL}`", file=sys.stderr)
@@ -413,17 +416,24 @@ def format_table(result: Result) -> str:
             "speedup: how many times faster ours is."
         )
         lines.append(
-            f"\nKeras peer (benchmarks/keras_peer.py: training in turn with ours, inference after): TensorFlow {keras['tensorflow']}, "
+            "\nKeras peer (benchmarks/keras_peer.py: training in turn with ours, inference after): "
+            f"TensorFlow {keras['tensorflow']}, "
             f"Keras {keras['keras']}, {keras['intra_op_threads']} intra-op and {keras['inter_op_threads']} "
             f"inter-op threads, XLA {'on' if keras['jit_compile'] else 'off'}"
         )
         lines += [format_row(row, False) for row in keras["rows"]]
     if len(result.training_rounds) > 1:
-        lines.append(f"\ntraining, {len(result.training_rounds)} rounds in turn (each row above: its median round)")
+        lines.append(
+            f"\ntraining, {len(result.training_rounds)} rounds in turn (each row above: its median round)"
+        )
         for number, speeds in enumerate(result.training_rounds, 1):
             cells = [f"{name} {value:,.0f}" for name, value in speeds.items()]
             if "keras" in speeds:
-                cells += [f"{name}/Keras {value / speeds['keras']:.2f}x" for name, value in speeds.items() if name != "keras"]
+                cells += [
+                    f"{name}/Keras {value / speeds['keras']:.2f}x"
+                    for name, value in speeds.items()
+                    if name != "keras"
+                ]
             lines.append(f"  round {number}: " + ", ".join(cells) + " images/s" * ("keras" not in speeds))
     for row in result.rows:
         if "train_seconds" in row:

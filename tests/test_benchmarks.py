@@ -180,19 +180,26 @@ def test_speed_training_rows_are_their_median_round_and_the_table_lists_every_ro
     """A host's speed drifts over minutes: the training rows take the median of rounds run in turn
     with Keras', and the table shows each round's ratio."""
     speed = import_benchmark("speed")
-    rows = [{"what": "training, fp32", "images_per_second": v, "gflops": v / 10} for v in (900.0, 1500.0, 1100.0)]
+    rows = [
+        {"what": "training, fp32", "images_per_second": v, "gflops": v / 10} for v in (900.0, 1500.0, 1100.0)
+    ]
     middle = speed.median_round(rows)
     assert middle["images_per_second"] == 1100.0 and middle["gflops"] == 110.0
     assert middle["rounds"] == [900.0, 1500.0, 1100.0]  # in the order they ran
     assert speed.median_round(rows[:2])["images_per_second"] == 900.0  # even: the lower middle
 
-    rounds = [{"fp32": 1300.0, "bf16": 2000.0, "keras": 1000.0}, {"fp32": 1200.0, "bf16": 1900.0, "keras": 950.0}]
+    rounds = [
+        {"fp32": 1300.0, "bf16": 2000.0, "keras": 1000.0},
+        {"fp32": 1200.0, "bf16": 1900.0, "keras": 950.0},
+    ]
     result = speed.Result("a CPU", "cpu", 2, "2.x", 157.0, [], training_rounds=rounds)
     table = speed.format_table(result)
     assert "training, 2 rounds in turn" in table
     assert "round 1: fp32 1,300, bf16 2,000, keras 1,000, fp32/Keras 1.30x, bf16/Keras 2.00x" in table
     assert "round 2:" in table and "bf16/Keras 2.00x" in table
-    assert "rounds" not in speed.format_table(speed.Result("a CPU", "cpu", 2, "2.x", 157.0, [], training_rounds=rounds[:1]))
+    assert "rounds" not in speed.format_table(
+        speed.Result("a CPU", "cpu", 2, "2.x", 157.0, [], training_rounds=rounds[:1])
+    )
 
 
 def test_keras_peer_reads_the_real_mnist_files_without_tensorflow(mnist_dir, mnist, tmp_path):
