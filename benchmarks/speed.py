@@ -258,6 +258,23 @@ def keras_python(given: Path | None) -> Path | None:
     return KERAS_VENV_PYTHON if KERAS_VENV_PYTHON.is_file() else None
 
 
+def peer_python(args: argparse.Namespace, device: torch.device) -> Path | None:
+    """The interpreter that runs the Keras peer in this invocation; None, with a note why where it
+    runs nowhere (--skip-keras says so itself)."""
+    if args.skip_keras:
+        return None
+    if device.type != "cpu":
+        print(
+            "Keras rows skipped: keras_peer.py runs on the CPU; compare there with --device cpu",
+            file=sys.stderr,
+        )
+        return None
+    python = keras_python(args.keras_python)
+    if python is None:
+        print(f"Keras rows skipped: no TensorFlow here; install it with `{KERAS_INSTALL}`", file=sys.stderr)
+    return python
+
+
 def run_keras_peer(
     python: Path, data_dir: Path, threads: int, args: argparse.Namespace, training: bool, inference: bool
 ) -> dict | None:
@@ -345,15 +362,7 @@ def run(args: argparse.Namespace) -> Result:
     data_dir = data.locate(args.data_dir)
     mnist = data.load(data_dir)
     model = pretrained.load("reference", device).model.to(memory_format=torch.channels_last)
-    python = None if args.skip_keras else keras_python(args.keras_python)
-    if not args.skip_keras and device.type != "cpu":
-        print(
-            "Keras rows skipped: keras_peer.py runs on the CPU; compare there with --device cpu",
-            file=sys.stderr,
-        )
-        python = None
-    elif not args.skip_keras and python is None:
-        print(f"Keras rows skipped: no TensorFlow here; install it with `{KERAS_INSTALL}`", file=sys.stderr)
+    python = peer_python(args, device)
     keras_training = None
     if not args.skip_training:
         peer = None
