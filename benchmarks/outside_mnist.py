@@ -23,6 +23,14 @@ preprocessing, beside the same digits as they are (`validation`) and unchanged t
 preprocessing (`stress: plain`). They are what to choose training settings by; an ensemble
 whose members held out different digits has no such split, and its stress rows are skipped.
 
+`--members` adds a row group for each network of an ensemble on its own (`robust[1]`,
+`robust[2]`), with its own held-out digits: the shipped `robust` pair has no common split, so
+this is how its stress rows are read. `--mistakes DIR` writes one sheet per model and stress
+kind, DIR/MODEL-KIND.png: each digit read wrong as it is, as stressed, and as the network saw
+it after the preprocessing, with what it was and what was read:
+
+    .venv/bin/python benchmarks/outside_mnist.py --model robust --members --mistakes mistakes/
+
 `--preprocess FIELD=VALUE` (repeatable) reads every row but `validation` with another
 mnist_digits.preprocess.PreprocessConfig, to choose the preprocessing by the same rows:
 
@@ -39,10 +47,13 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import torch
 from machine import cpu_name  # benchmarks/machine.py
+from PIL import Image, ImageDraw
 
 from mnist_digits import data, stress
 from mnist_digits.checkpoint import update_metadata
+from mnist_digits.ensemble import members
 from mnist_digits.errors import MnistDigitsError
 from mnist_digits.files import write_atomic
 from mnist_digits.predict import Recognizer, load_model
@@ -130,14 +141,60 @@ def stress_rows(
     recognizer: Recognizer,
     split: data.Split,
     prepared: list[stress.StressSet],
+    mistakes: Path | None = None,
+    stress_seed: int = stress.SEED,
 ) -> list[Row]:
-    """The validation row (the digits as they are, no preprocessing) and one row per stress kind."""
+    """The validation row (the digits as they are, no preprocessing) and one row per stress kind;
+    with `mistakes`, a sheet of each kind's mistakes there."""
     plain = recognizer.probabilities(split.images.astype(np.float32) / 255).argmax(1)
     rows = [score(name, tta, VALIDATION, plain, split.labels.astype(np.int64))]
     for kind in prepared:
         predicted = read(recognizer, kind.inputs, kind.found)
         rows.append(score(name, tta, STRESS + kind.kind, predicted, kind.labels, rows[0].accuracy))
+        if mistakes is not None:
+            stressed = stress.stress_images(kind.kind, split.images, stress_seed)
+            sheet = mistakes_sheet(split.images, stressed, kind, predicted)
+            safe = name.replace("/", "_").replace(" ", "_")
+            sheet.save(mistakes / f"{safe}{'-tta' if tta else ''}-{kind.kind}.png")
     return rows
+
+
+SHEET_COLUMNS = 4  # mistakes a row
+PANEL = 84  # px: each image 3x its 28 px
+CAPTION = 16  # px below each mistake for "#index: true -> read"
+
+
+def mistakes_sheet(
+    digits: np.ndarray, stressed: list[np.ndarray], kind: stress.StressSet, predicted: np.ndarray
+) -> Image.Image:
+    """Every digit of `kind` read wrong: as it is, as stressed, and the network's input, side by side
+    (each enlarged to PANEL px), captioned with its index in the split, its label and what was read."""
+    wrong = np.flatnonzero(predicted != kind.labels)
+    cell_width, cell_height = 3 * PANEL + 8, PANEL + CAPTION
+    rows = max(1, -(-len(wrong) // SHEET_COLUMNS))
+    sheet = Image.new("L", (SHEET_COLUMNS * cell_width, rows * cell_height), 48)
+    draw = ImageDraw.Draw(sheet)
+    for k, i in enumerate(wrong):
+        left, top = (k % SHEET_COLUMNS) * cell_width, (k // SHEET_COLUMNS) * cell_height
+        network_input = (kind.inputs[i] * 255).round().clip(0, 255).astype(np.uint8)
+        for m, image in enumerate((digits[i], stressed[i], network_input)):
+            panel = Image.fromarray(np.asarray(image)).resize((PANEL, PANEL), Image.Resampling.NEAREST)
+            sheet.paste(panel, (left + m * PANEL, top))
+        read_as = predicted[i] if predicted[i] >= 0 else "no ink"
+        draw.text((left + 2, top + PANEL + 2), f"#{i}: {kind.labels[i]} read as {read_as}", fill=255)
+    return sheet
+
+
+def each_network(name: str, recognizer: Recognizer) -> list[tuple[str, Recognizer]]:
+    """Each network of an ensemble alone, as NAME[k] (from 1), with its own metadata; none for one network."""
+    networks = members(recognizer.model) if isinstance(recognizer.model, torch.nn.Module) else []
+    metadata = recognizer.metadata.get("members") or []
+    if len(networks) < 2 or len(metadata) != len(networks):
+        return []
+    return [
+        (f"{name}[{k}]", Recognizer(network, config=recognizer.config, metadata=meta))
+        for k, (network, meta) in enumerate(zip(networks, metadata, strict=True), 1)
+    ]
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
@@ -155,22 +212,29 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
         for tta in sorted({False, args.tta}):
             # The network's own answers, the same on any CPU (bf16 rounds them).
             recognizer = load_model(name, tta=tta, runtime="torch", precision="fp32")
-            for source, (inputs, found), labels in sets:
-                rows.append(score(name, tta, source, read(recognizer, inputs, found), labels))
-            print(f"{name}{' --tta' if tta else ''}: {rows[-2].accuracy:.2%} UCI", file=sys.stderr)
-            if args.no_stress:
-                continue
-            try:
-                split, which = validation_split(recognizer, mnist, args.stress_digits)
-            except MnistDigitsError as e:
-                if not tta:
-                    notes.append(f"{name}: no validation or stress rows: {e}")
-                continue
-            if which not in prepared:
-                print(f"preparing the stress sets of {which} ({len(split.labels):,} digits)", file=sys.stderr)
-                prepared[which] = stress.stress_sets(split, seed=args.stress_seed, config=config)
-            splits[name] = which
-            rows += stress_rows(name, tta, recognizer, split, prepared[which])
+            readers = [(name, recognizer)]
+            if args.members and not tta:
+                readers += each_network(name, recognizer)
+            for label, reader in readers:
+                for source, (inputs, found), labels in sets:
+                    rows.append(score(label, tta, source, read(reader, inputs, found), labels))
+                print(f"{label}{' --tta' if tta else ''}: {rows[-2].accuracy:.2%} UCI", file=sys.stderr)
+                if args.no_stress:
+                    continue
+                try:
+                    split, which = validation_split(reader, mnist, args.stress_digits)
+                except MnistDigitsError as e:
+                    if not tta:
+                        notes.append(f"{label}: no validation or stress rows: {e}")
+                    continue
+                if which not in prepared:
+                    digits = f"{len(split.labels):,} digits"
+                    print(f"preparing the stress sets of {which} ({digits})", file=sys.stderr)
+                    prepared[which] = stress.stress_sets(split, seed=args.stress_seed, config=config)
+                splits[label] = which
+                rows += stress_rows(
+                    label, tta, reader, split, prepared[which], args.mistakes, args.stress_seed
+                )
     meta = {
         "machine": cpu_name(),
         "date": date.today().isoformat(),
@@ -230,6 +294,12 @@ def main() -> None:
     parser.add_argument("--stress-seed", type=int, default=stress.SEED, help="seed of the stress sets")
     parser.add_argument("--no-stress", action="store_true", help="only the UCI and control rows")
     parser.add_argument(
+        "--members", action="store_true", help="also read each network of an ensemble alone, as NAME[k]"
+    )
+    parser.add_argument(
+        "--mistakes", type=Path, metavar="DIR", help="write a sheet of each stress kind's mistakes here"
+    )
+    parser.add_argument(
         "--preprocess",
         action="append",
         default=[],
@@ -252,6 +322,10 @@ def main() -> None:
         parser.error(f"--preprocess: {e}")
     if args.record and args.preprocess:
         parser.error("--record stores what the default preprocessing reads; leave out --preprocess")
+    if args.mistakes is not None:
+        if args.no_stress:
+            parser.error("--mistakes draws the stress rows' mistakes; leave out --no-stress")
+        args.mistakes.mkdir(parents=True, exist_ok=True)
     rows, meta = run(args)
     print(format_table(rows))
     for name, which in meta["validation_splits"].items():

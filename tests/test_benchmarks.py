@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -104,6 +106,46 @@ def test_outside_mnist_benchmark_reports_stress_rows_from_the_models_own_validat
 
     with pytest.raises(MnistDigitsError, match="held out different validation images"):
         outside_mnist.validation_split(load_model("ensemble"), mnist, 40)
+
+
+def test_outside_mnist_reads_each_network_of_robust_on_its_own_held_out_digits(mnist, tmp_path):
+    """--members: robust's pair has no common split, but each network alone has its own, and gets
+    the same answers as the network inside the pair; --mistakes draws every digit read wrong."""
+    outside_mnist = import_benchmark("outside_mnist")
+    from mnist_digits import stress
+    from mnist_digits.ensemble import members
+    from mnist_digits.predict import load_model
+
+    robust = load_model("robust", runtime="torch", precision="fp32")
+    alone = outside_mnist.each_network("robust", robust)
+    assert [label for label, _ in alone] == ["robust[1]", "robust[2]"]
+    assert outside_mnist.each_network("best", load_model("best", runtime="torch")) == []
+    splits = [outside_mnist.validation_split(reader, mnist, 60) for _, reader in alone]
+    assert splits[0][1] != splits[1][1]  # different seeds held out different digits
+    inputs = splits[0][0].images.astype(np.float32) / 255
+    network = members(robust.model)[0]
+    with torch.no_grad():
+        direct = network(torch.from_numpy(inputs)[:, None]).argmax(1).numpy()
+    assert np.array_equal(alone[0][1].probabilities(inputs).argmax(1), direct)
+
+    split = splits[0][0]
+    thick = stress.stress_sets(split, ["thick"])
+    rows = outside_mnist.stress_rows("robust[1]", False, alone[0][1], split, thick, tmp_path)
+    sheet = Image.open(tmp_path / "robust[1]-thick.png")
+    cells = -(-rows[1].errors // outside_mnist.SHEET_COLUMNS)
+    assert sheet.height == max(1, cells) * (outside_mnist.PANEL + outside_mnist.CAPTION)
+    predicted = np.arange(len(split.labels)) % 10  # a reader wrong nine times in ten: all drawn
+    drawn = outside_mnist.mistakes_sheet(split.images, [*split.images], thick[0], predicted)
+    expected = int((predicted != thick[0].labels).sum())
+    assert drawn.height == -(-expected // outside_mnist.SHEET_COLUMNS) * (
+        outside_mnist.PANEL + outside_mnist.CAPTION
+    )
+    first = int(np.flatnonzero(predicted != thick[0].labels)[0])
+    panel = np.asarray(drawn)[: outside_mnist.PANEL, : outside_mnist.PANEL]
+    enlarged = np.asarray(
+        Image.fromarray(split.images[first]).resize((outside_mnist.PANEL,) * 2, Image.Resampling.NEAREST)
+    )
+    assert np.array_equal(panel, enlarged)  # the first mistake's digit, as it is, top left
 
 
 def import_benchmark(name: str):

@@ -167,6 +167,34 @@ def test_dropout_draws_every_lane_of_the_generators_words_alike(shape):
     assert masks.float().std(0).min() > 0  # every position is dropped sometimes and kept sometimes
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropout_draws_its_mask_in_the_inputs_memory_order(dtype):
+    """A channels-last input (as training feeds the network) gets a channels-last mask: the same
+    draw as for the same values stored channels-last as an (N, H, W, C) tensor, and its product
+    and gradient stay channels-last."""
+    x = (torch.rand(8, 12, 6, 6) + 0.5).to(dtype)
+    channels_last = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    layer = Dropout(0.25).train()
+    torch.manual_seed(5)
+    y = layer(channels_last)
+    torch.manual_seed(5)
+    y_nhwc = layer(x.permute(0, 2, 3, 1).contiguous())  # the same memory, as a plain tensor
+    assert torch.equal(y.permute(0, 2, 3, 1), y_nhwc)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y.backward(torch.ones_like(y))
+    assert channels_last.grad is not None
+    assert channels_last.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(channels_last.grad == 0, y == 0)
+
+
+def test_dropout_rounds_p_to_its_16_bit_threshold_at_both_ends():
+    """p within 2^-16 of 1 drops every value (its threshold would not fit 16 bits); p within 2^-16
+    of 0 keeps every value."""
+    x = torch.rand(4, 8, 5, 5) + 0.5
+    assert torch.equal(Dropout(1 - 2**-17).train()(x), torch.zeros_like(x))
+    torch.testing.assert_close(Dropout(2**-17).train()(x), x / (1 - 2**-17))
+
+
 def test_dropout_in_bfloat16_scales_in_float32_arithmetic():
     """4/3 has no bfloat16: scaling by the rounded 1.3359 would make every kept value 0.2% too big."""
     x = (torch.rand(64, 128, 6, 6) + 0.5).to(torch.bfloat16)

