@@ -142,7 +142,6 @@ def stress_rows(
     split: data.Split,
     prepared: list[stress.StressSet],
     mistakes: Path | None = None,
-    stress_seed: int = stress.SEED,
 ) -> list[Row]:
     """The validation row (the digits as they are, no preprocessing) and one row per stress kind;
     with `mistakes`, a sheet of each kind's mistakes there."""
@@ -152,8 +151,7 @@ def stress_rows(
         predicted = read(recognizer, kind.inputs, kind.found)
         rows.append(score(name, tta, STRESS + kind.kind, predicted, kind.labels, rows[0].accuracy))
         if mistakes is not None:
-            stressed = stress.stress_images(kind.kind, split.images, stress_seed)
-            sheet = mistakes_sheet(split.images, stressed, kind, predicted)
+            sheet = mistakes_sheet(split.images, kind, predicted)
             safe = name.replace("/", "_").replace(" ", "_")
             sheet.save(mistakes / f"{safe}{'-tta' if tta else ''}-{kind.kind}.png")
     return rows
@@ -164,9 +162,7 @@ PANEL = 84  # px: each image 3x its 28 px
 CAPTION = 16  # px below each mistake for "#index: true -> read"
 
 
-def mistakes_sheet(
-    digits: np.ndarray, stressed: list[np.ndarray], kind: stress.StressSet, predicted: np.ndarray
-) -> Image.Image:
+def mistakes_sheet(digits: np.ndarray, kind: stress.StressSet, predicted: np.ndarray) -> Image.Image:
     """Every digit of `kind` read wrong: as it is, as stressed, and the network's input, side by side
     (each enlarged to PANEL px), captioned with its index in the split, its label and what was read."""
     wrong = np.flatnonzero(predicted != kind.labels)
@@ -177,7 +173,7 @@ def mistakes_sheet(
     for k, i in enumerate(wrong):
         left, top = (k % SHEET_COLUMNS) * cell_width, (k // SHEET_COLUMNS) * cell_height
         network_input = (kind.inputs[i] * 255).round().clip(0, 255).astype(np.uint8)
-        for m, image in enumerate((digits[i], stressed[i], network_input)):
+        for m, image in enumerate((digits[i], kind.images[i], network_input)):
             panel = Image.fromarray(np.asarray(image)).resize((PANEL, PANEL), Image.Resampling.NEAREST)
             sheet.paste(panel, (left + m * PANEL, top))
         read_as = predicted[i] if predicted[i] >= 0 else "no ink"
@@ -232,9 +228,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
                     print(f"preparing the stress sets of {which} ({digits})", file=sys.stderr)
                     prepared[which] = stress.stress_sets(split, seed=args.stress_seed, config=config)
                 splits[label] = which
-                rows += stress_rows(
-                    label, tta, reader, split, prepared[which], args.mistakes, args.stress_seed
-                )
+                rows += stress_rows(label, tta, reader, split, prepared[which], args.mistakes)
     meta = {
         "machine": cpu_name(),
         "date": date.today().isoformat(),

@@ -135,7 +135,7 @@ def test_outside_mnist_reads_each_network_of_robust_on_its_own_held_out_digits(m
     cells = -(-rows[1].errors // outside_mnist.SHEET_COLUMNS)
     assert sheet.height == max(1, cells) * (outside_mnist.PANEL + outside_mnist.CAPTION)
     predicted = np.arange(len(split.labels)) % 10  # a reader wrong nine times in ten: all drawn
-    drawn = outside_mnist.mistakes_sheet(split.images, [*split.images], thick[0], predicted)
+    drawn = outside_mnist.mistakes_sheet(split.images, thick[0], predicted)
     expected = int((predicted != thick[0].labels).sum())
     assert drawn.height == -(-expected // outside_mnist.SHEET_COLUMNS) * (
         outside_mnist.PANEL + outside_mnist.CAPTION

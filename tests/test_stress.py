@@ -130,6 +130,10 @@ def test_every_kind_reads_through_the_preprocessing_and_stays_readable(validatio
     for s in sets:
         assert s.inputs.shape == (COUNT, 28, 28) and s.inputs.dtype == np.float32 and s.found.all()
         assert s.inputs.min() >= 0 and s.inputs.max() <= 1
+        held = stress.stress_images(s.kind, validation.images)  # what the inputs were made from
+        assert len(s.images) == COUNT and all(
+            np.array_equal(a, b) for a, b in zip(s.images, held, strict=True)
+        )
         predicted = reference_recognizer.probabilities(s.inputs).argmax(1)
         accuracy[s.kind] = float((predicted == s.labels).mean())
     assert all(value > 0.8 for value in accuracy.values()), accuracy  # changed, not destroyed

@@ -54,6 +54,7 @@ class StressSet:
     inputs: np.ndarray  # float32 (N, 28, 28), what the preprocessing made of each image
     found: np.ndarray  # bool (N,): whether the preprocessing found ink (False: an empty input)
     labels: np.ndarray  # int64 (N,)
+    images: list[np.ndarray]  # uint8, white on black: what a person would hold, before the preprocessing
 
 
 def stress_images(kind: str, images: np.ndarray, seed: int = SEED) -> list[np.ndarray]:
@@ -109,8 +110,9 @@ def stress_sets(
     prepared with `config`."""
     sets = []
     for kind in kinds:
-        inputs, found = prepare(stress_images(kind, split.images, seed), config)
-        sets.append(StressSet(kind, inputs, found, split.labels.astype(np.int64)))
+        images = stress_images(kind, split.images, seed)
+        inputs, found = prepare(images, config)
+        sets.append(StressSet(kind, inputs, found, split.labels.astype(np.int64), images))
     return sets
 
 
