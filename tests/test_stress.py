@@ -3,9 +3,11 @@ reads through the preprocessing like anyone's image."""
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage as ndi
 
 from mnist_digits import pretrained, stress
+from mnist_digits.augment import change_stroke_width
 from mnist_digits.data import Split
 from mnist_digits.errors import MnistDigitsError
 from mnist_digits.preprocess import PreprocessConfig, stroke_width
@@ -60,6 +62,37 @@ def test_thick_strokes_are_wider_by_the_pixels_asked(validation):
     assert stress.THICK_PX - 1 < wider < stress.THICK_PX + 2  # stroke_width reads small widths coarsely
     # about (2.4 + 3) / 2.4 the ink, less where strokes merge, more where soft edges fill in
     assert 1.6 < np.median(_ink(thick) / _ink(validation.images)) < 3.5
+    # every digit keeps as many loops as it had, or is left as it is when no width keeps them
+    padded = np.pad(validation.images, ((0, 0), (stress.MARGIN,) * 2, (stress.MARGIN,) * 2))
+    for image, original in zip(thick, padded, strict=True):
+        kept = stress.loops(image > 127) == stress.loops(original > 127, stress.MIN_LOOP)
+        assert kept or (image == original).all()
+
+
+def _as_batch(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(image).float().div(255).view(1, 1, *image.shape)
+
+
+def _widened(image: np.ndarray, pixels: float) -> np.ndarray:
+    widened = change_stroke_width(_as_batch(image), torch.tensor([pixels]))[0, 0]
+    return (widened * 255).round().to(torch.uint8).numpy()
+
+
+def test_a_marker_keeps_small_loops_and_gaps_and_widens_what_it_can():
+    """A 0 with a small hole and a C whose ends nearly meet get less than the full width (the full
+    width fills the hole and closes the C into an O); a straight stroke gets all of it."""
+    rows, cols = np.indices((40, 40))
+    radius = np.hypot(rows - 20, cols - 20)
+    ring = (radius >= 2.5) & (radius <= 5)  # a loop 4 px across inside a 3 px stroke
+    c_shape = (radius >= 6) & (radius <= 8.5) & ~((cols > 20) & (abs(rows - 20) <= 1))  # a 3 px gap
+    for shape, want in ((ring, 1), (c_shape, 0)):
+        image = np.where(shape, 255, 0).astype(np.uint8)
+        assert stress.loops(_widened(image, stress.THICK_PX) > 127) != want  # the full width changes it...
+        thick = stress.marker_strokes(_as_batch(image))[0]
+        assert stress.loops(thick > 127) == want  # ...the marker keeps it...
+        assert np.count_nonzero(thick > 127) > np.count_nonzero(image > 127)  # ...and still widens it
+    bar = np.where((abs(cols - 20) <= 1) & (rows >= 10) & (rows <= 30), 255, 0).astype(np.uint8)
+    assert (stress.marker_strokes(_as_batch(bar))[0] == _widened(bar, stress.THICK_PX)).all()
 
 
 def test_binarized_digits_hold_only_black_and_white(validation):

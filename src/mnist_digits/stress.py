@@ -27,7 +27,9 @@ MARGIN = 6  # px of background around a 28x28 digit before it is changed: slant 
 THIN_WIDTH = 1.2  # px; thin: strokes redrawn this wide at full ink, half MNIST's median (2.4 px): a fine pen
 THIN_SCALE = 4  # thin strokes are cut at this many times the resolution, then averaged back down
 BLOT_DEPTH = 2.0  # ink this many times deeper than the strokes' median is a blot: thin, it is an outline
-THICK_PX = 3.0  # px of stroke width added: 2.4 becomes 5.4, a marker's
+THICK_PX = 3.0  # px of stroke width added at most: 2.4 becomes 5.4, a marker's
+THICK_STEP = 0.5  # px; a digit whose loops the full width would change gets this much less, and again
+MIN_LOOP = 2  # px; paper a digit encloses that is smaller than this is a speck of its scan, not a loop
 THRESHOLDS = (0.3, 0.7)  # binarized: each digit's threshold uniform in this range (0-1 gray)
 SHEAR = (0.25, 0.5)  # slanted: columns per row, uniform in this range (14-27 degrees), either way
 FRAME = 16  # px; the frame-filling kind's side, as postal (USPS) and form scans
@@ -38,7 +40,7 @@ UCI_MARGIN = 8  # px of background added around a UCI digit scaled back up to 32
 KINDS = {
     "plain": "unchanged: the baseline, read through the same preprocessing as the others",
     "thin": f"strokes {THIN_WIDTH:g} px wide in full ink (a fine pen on an image too small to thicken)",
-    "thick": f"strokes {THICK_PX:g} px wider (a marker)",
+    "thick": f"strokes up to {THICK_PX:g} px wider, as far as the digit's loops allow (a marker)",
     "binarized": f"thresholded to black and white at a level from {THRESHOLDS[0]} to {THRESHOLDS[1]}",
     "slanted": f"sheared {SHEAR[0]}-{SHEAR[1]} columns per row, leaning either way",
     "16x16": f"the ink's box scaled to fill a {FRAME}x{FRAME} frame, no margin (postal and form scans)",
@@ -80,12 +82,17 @@ def stress_images(kind: str, images: np.ndarray, seed: int = SEED) -> list[np.nd
     padded = torch.from_numpy(np.pad(images, ((0, 0), (MARGIN, MARGIN), (MARGIN, MARGIN))))
     batch = padded.unsqueeze(1).float() / 255
     if kind == "thick":
-        batch = change_stroke_width(batch, torch.full((n,), THICK_PX))
-    elif kind == "binarized":
+        return marker_strokes(batch)
+    if kind == "binarized":
         batch = binarize(batch, torch.from_numpy(rng.uniform(*THRESHOLDS, n)))
     else:  # slanted
         factors = rng.uniform(*SHEAR, n) * rng.choice([-1.0, 1.0], n)
         batch = shear(batch, torch.from_numpy(factors))
+    return _as_images(batch)
+
+
+def _as_images(batch: torch.Tensor) -> list[np.ndarray]:
+    """(N, 1, H, W) floats in [0, 1] as N uint8 images."""
     return list((batch[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy())
 
 
@@ -154,6 +161,39 @@ def thin_strokes(image: np.ndarray, width: float = THIN_WIDTH) -> np.ndarray:
     kept = shape & ((ndi.distance_transform_edt(~(ridge & ~blot)) <= half) | outline)
     small = Image.fromarray(kept.astype(np.float32)).resize((28, 28), Image.Resampling.BOX)
     return (np.asarray(small) * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def marker_strokes(batch: torch.Tensor) -> list[np.ndarray]:
+    """Each digit of (N, 1, H, W) with its strokes THICK_PX wider, or less where that would change
+    its loops: the widest of THICK_PX, THICK_PX - THICK_STEP, ... that leaves it as many loops as
+    it has; the digit as it is when none does.
+
+    A writer with a marker writes the digit large enough for its loops: a 3 whose ends nearly
+    touch its middle stays a 3, an 8 keeps both holes, a 4 open at the top stays open. Widening
+    every stroke by the full amount closed those (3s into 8s, 4s into 9s, filled 8s), digits no
+    one could read as what they were (docs/experiments.md, "what the thick row's mistakes are").
+    """
+    n = len(batch)
+    chosen = _as_images(batch)
+    wanted = [loops(image > 127, MIN_LOOP) for image in chosen]
+    left = np.ones(n, dtype=bool)
+    width = THICK_PX
+    while width > 0 and left.any():
+        widened = _as_images(change_stroke_width(batch, torch.full((n,), width)))
+        for i in np.flatnonzero(left):
+            if loops(widened[i] > 127) == wanted[i]:
+                chosen[i], left[i] = widened[i], False
+        width -= THICK_STEP
+    return chosen
+
+
+def loops(ink: np.ndarray, min_area: int = 1) -> int:
+    """How many areas of paper the ink (bool, strokes 8-connected) encloses, of at least `min_area` px."""
+    paper, count = ndi.label(~ink)  # 4-connected: paper crossing a diagonal of ink is cut there
+    areas = np.bincount(paper.ravel(), minlength=count + 1)
+    areas[0] = 0  # the ink
+    areas[np.concatenate([paper[0], paper[-1], paper[:, 0], paper[:, -1]])] = 0  # the paper around it
+    return int(np.count_nonzero(areas >= min_area))
 
 
 def _depth(mask: np.ndarray) -> np.ndarray:
