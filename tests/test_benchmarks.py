@@ -77,7 +77,7 @@ def test_outside_mnist_benchmark_reports_stress_rows_from_the_models_own_validat
     mnist, reference_recognizer
 ):
     """Each stress kind beside the validation row, from the digits the model held out; an ensemble
-    whose members held out different digits gets none, with the reason."""
+    whose members held out different digits and share too few gets none, with the reason."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
         import outside_mnist
@@ -104,13 +104,15 @@ def test_outside_mnist_benchmark_reports_stress_rows_from_the_models_own_validat
     table = outside_mnist.format_table(rows)
     assert "vs val" in table and f"{100 * rows[1].vs_validation:+.2f}" in table
 
-    with pytest.raises(MnistDigitsError, match="held out different validation images"):
+    # ten networks of five 10% splits share one digit that none trained on: too few for rows
+    with pytest.raises(MnistDigitsError, match=r"different validation images .* only 1 of the training"):
         outside_mnist.validation_split(load_model("ensemble"), mnist, 40)
 
 
 def test_outside_mnist_reads_each_network_of_robust_on_its_own_held_out_digits(mnist, tmp_path):
-    """--members: robust's pair has no common split, but each network alone has its own, and gets
-    the same answers as the network inside the pair; --mistakes draws every digit read wrong."""
+    """--members: each network of robust alone has its own split, and gets the same answers as the
+    network inside the pair, which is read on the digits both held out; --mistakes draws every
+    digit read wrong."""
     outside_mnist = import_benchmark("outside_mnist")
     from mnist_digits import stress
     from mnist_digits.ensemble import members
@@ -122,6 +124,12 @@ def test_outside_mnist_reads_each_network_of_robust_on_its_own_held_out_digits(m
     assert outside_mnist.each_network("best", load_model("best", runtime="torch")) == []
     splits = [outside_mnist.validation_split(reader, mnist, 60) for _, reader in alone]
     assert splits[0][1] != splits[1][1]  # different seeds held out different digits
+    pair, which = outside_mnist.validation_split(robust, mnist, 0)  # the pair: what both held out
+    assert which == "the digits all 2 networks held out: val_fraction 0.1, split seeds 1, 2"
+    assert outside_mnist.MIN_SHARED <= len(pair.labels) < 6000
+    for _, reader in alone:
+        own = outside_mnist.validation_split(reader, mnist, 0)[0].images
+        assert {d.tobytes() for d in pair.images} <= {d.tobytes() for d in own}
     inputs = splits[0][0].images.astype(np.float32) / 255
     network = members(robust.model)[0]
     with torch.no_grad():

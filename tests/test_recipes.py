@@ -9,10 +9,10 @@ import torch
 from conftest import SMALL
 
 from mnist_digits.augment import STYLES
-from mnist_digits.data import split_validation
+from mnist_digits.data import split_validation, validation_order
 from mnist_digits.errors import MnistDigitsError
 from mnist_digits.model import DigitNet, ModelConfig
-from mnist_digits.recipes import RECIPES, TrainConfig, held_out, recipe, with_settings
+from mnist_digits.recipes import RECIPES, TrainConfig, held_out, held_out_by_all, recipe, with_settings
 
 
 def test_a_final_fit_needs_a_schedule_that_does_not_watch_validation():
@@ -99,6 +99,18 @@ def test_held_out_refuses_networks_it_cannot_validate_without_leaking(small_mnis
     ]:
         with pytest.raises(MnistDigitsError, match=re.escape(message)):
             held_out(networks, small_mnist)
+    # An ensemble of two splits still has the images both held out, and only those.
+    two = [network(replace(SMALL, split_seed=5)), network(replace(SMALL, seed=1, split_seed=6))]
+    shared, which = held_out_by_all(two, small_mnist)
+    both = set(validation_order(1200, 0.1, 5)[0]) & set(validation_order(1200, 0.1, 6)[0])
+    assert 0 < len(shared.labels) == len(both) < 120
+    assert np.array_equal(shared.labels, small_mnist.train.labels[sorted(both)])
+    assert which == "the digits all 2 networks held out: val_fraction 0.1, split seeds 5, 6"
+    alone, which = held_out_by_all(one_split, small_mnist)
+    assert sorted(alone.labels.tolist()) == sorted(held_out(one_split, small_mnist).labels.tolist())
+    assert which == "val_fraction 0.1, split seed 5"
+    with pytest.raises(MnistDigitsError, match="held out no validation split"):
+        held_out_by_all([*two, network(recipe("best", val_fraction=0.0))], small_mnist)
     with pytest.raises(MnistDigitsError, match=re.escape("split_seed -1: give a whole number, 0 or more.")):
         replace(SMALL, split_seed=-1)
     assert with_settings(SMALL, ["split_seed=4"]).split_seed == 4

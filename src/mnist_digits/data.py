@@ -252,10 +252,15 @@ def load(directory: Path, verify: bool = True) -> Mnist:
 
 def split_validation(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """Hold out `fraction` of a split for validation, chosen by `seed` (same seed, same split)."""
-    n_val = round(len(split.labels) * fraction)
-    order = np.random.default_rng(seed).permutation(len(split.labels))
-    val, train = order[:n_val], order[n_val:]
+    val, train = validation_order(len(split.labels), fraction, seed)
     return Split(split.images[train], split.labels[train]), Split(split.images[val], split.labels[val])
+
+
+def validation_order(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The indices `split_validation` holds out of n images, and those it keeps for training."""
+    n_val = round(n * fraction)
+    order = np.random.default_rng(seed).permutation(n)
+    return order[:n_val], order[n_val:]
 
 
 def to_tensors(split: Split, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any, TypeVar
 
+import numpy as np
+
 from .augment import AugmentConfig
-from .data import Mnist, Split, split_validation
+from .data import Mnist, Split, split_validation, validation_order
 from .device import PRECISIONS
 from .errors import MnistDigitsError
 from .model import ModelConfig
@@ -220,7 +222,45 @@ def held_out(networks: Sequence[dict[str, Any]], data: Mnist) -> Split:
     """The validation images that the networks (a model's, or an ensemble's members' metadata)
     held out of `data`'s training images, as `fit` chose them; MnistDigitsError if they trained
     on other images or held out different ones, so no image they learned from is validated on."""
-    splits = set()
+    splits = _validation_splits(networks, data)
+    if len(set(splits)) > 1:
+        raise MixedSplits(
+            f"the networks of this ensemble held out different validation images (split seeds "
+            f"{_seeds(splits)}), so each trained on images the others validate on. Train the members "
+            "with one split_seed to validate the ensemble."
+        )
+    return split_validation(data.train, *splits[0])[1]
+
+
+def held_out_by_all(networks: Sequence[dict[str, Any]], data: Mnist) -> tuple[Split, str]:
+    """The training images that every network held out (none of them learned from these), in
+    `data`'s order, and which splits they are: `held_out`'s images, in another order, when the
+    networks share one.
+
+    An ensemble whose members held out different 10% splits still has about 1% of the images
+    that none of them saw: few, but its own honest validation digits.
+    """
+    splits = sorted(set(_validation_splits(networks, data)), key=lambda s: s[1])
+    common = np.ones(len(data.train.labels), dtype=bool)
+    for fraction, seed in splits:
+        held = np.zeros_like(common)
+        held[validation_order(len(common), fraction, seed)[0]] = True
+        common &= held
+    fractions = ", ".join(sorted({f"{fraction:g}" for fraction, _ in splits}))
+    which = f"val_fraction {fractions}, split seed{'s' if len(splits) > 1 else ''} {_seeds(splits)}"
+    if len(splits) > 1:
+        which = f"the digits all {len(networks)} networks held out: {which}"
+    return Split(data.train.images[common], data.train.labels[common]), which
+
+
+def _seeds(splits: Sequence[tuple[float, int]]) -> str:
+    return ", ".join(str(seed) for seed in sorted({seed for _, seed in splits}))
+
+
+def _validation_splits(networks: Sequence[dict[str, Any]], data: Mnist) -> list[tuple[float, int]]:
+    """Each network's (val_fraction, split seed); MnistDigitsError if one held out none, trained on
+    other images, or does not say."""
+    splits = []
     for i, metadata in enumerate(networks):
         which = f"network {i + 1} of {len(networks)}" if len(networks) > 1 else "this network"
         try:
@@ -241,16 +281,8 @@ def held_out(networks: Sequence[dict[str, Any]], data: Mnist) -> Split:
                 "data, Kaggle's train.csv, samples from `feedback export`, or a --dry-run), so its "
                 "validation images are not among them."
             )
-        splits.add((config.val_fraction, config.validation_seed))
-    if len(splits) > 1:
-        seeds = ", ".join(str(seed) for _, seed in sorted(splits, key=lambda s: s[1]))
-        raise MixedSplits(
-            f"the networks of this ensemble held out different validation images (split seeds "
-            f"{seeds}), so each trained on images the others validate on. Train the members with "
-            "one split_seed to validate the ensemble."
-        )
-    (fraction, seed) = splits.pop()
-    return split_validation(data.train, fraction, seed)[1]
+        splits.append((config.val_fraction, config.validation_seed))
+    return splits
 
 
 def recipe(name: str, **overrides: Any) -> TrainConfig:
@@ -348,6 +380,7 @@ __all__ = [
     "TrainConfig",
     "complete_saved",
     "held_out",
+    "held_out_by_all",
     "recipe",
     "with_settings",
 ]
