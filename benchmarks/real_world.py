@@ -30,6 +30,7 @@ from mnist_digits import data, render
 from mnist_digits.files import write_atomic
 from mnist_digits.predict import Recognizer, load_model
 from mnist_digits.preprocess import prepare_digit, segment_digits
+from mnist_digits.pretrained import DEFAULT_MODEL
 
 DIGITS_PER_NUMBER = 4
 
@@ -78,7 +79,8 @@ def chunks(count: int, size: int) -> list[tuple[int, int]]:
 def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
     mnist = data.load(data.locate(args.data_dir, log=lambda m: print(m, file=sys.stderr)))
     images, labels = mnist.test.images[: args.count], mnist.test.labels[: args.count]
-    recognizer = load_model(args.model, runtime="torch")  # the network's accuracy, not a chosen runtime's
+    # The network's accuracy, not a chosen runtime's, and in fp32 on every CPU (as outside_mnist.py).
+    recognizer = load_model(args.model, runtime="torch", precision="fp32")
     threshold = recognizer.threshold
 
     def row(kind: str, probs: np.ndarray, found: np.ndarray, seconds: float) -> Row:
@@ -178,7 +180,11 @@ def format_table(rows: list[Row], meta: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", "--count", type=int, default=10_000, help="test digits to use (default: all)")
-    parser.add_argument("--model", default="reference", help="shipped model name or .safetensors file")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"shipped model name or .safetensors file (default: {DEFAULT_MODEL}, the package's default)",
+    )
     parser.add_argument(
         "--kinds", nargs="+", choices=["mnist 28x28", *render.KINDS, "number"], help="only these kinds"
     )

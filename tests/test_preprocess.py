@@ -61,6 +61,56 @@ def test_polarity_survives_uneven_light():
     assert not is_dark_on_light(1 - photo)
 
 
+@pytest.mark.parametrize("line", [1, 3, 6])
+def test_polarity_survives_a_box_cropped_at_its_border(test_digits, line):
+    """A form's box along the image's edge once filled half the windows of the background there,
+    and the white paper beside it counted as light ink."""
+    for digit in test_digits.images[:10]:
+        page = 1 - render.enlarge(digit, 112)
+        page[:line], page[-line:], page[:, :line], page[:, -line:] = 0.1, 0.1, 0.1, 0.1
+        assert is_dark_on_light(page)
+        assert not is_dark_on_light(1 - page)
+
+
+def test_a_box_drawn_around_the_digit_is_not_part_of_it(test_digits):
+    for index, digit in enumerate(test_digits.images[:10]):
+        for inset in (0, 5, 10):
+            page = np.full((160, 160), 0.95, np.float32)
+            page[inset : -inset or None, inset : -inset or None][[0, 1, -2, -1]] = 0.2
+            page[inset : -inset or None, inset : -inset or None][:, [0, 1, -2, -1]] = 0.2
+            page[24:136, 24:136] -= 0.9 * render.enlarge(digit, 112)
+            ink_map = preprocess.find_ink(page)
+            assert ink_map is not None and len(ink_map.blobs) >= 1, (index, inset)
+            box = grouping.union(ink_map.blobs)
+            assert box.top >= 24 and box.bottom <= 136 and box.left >= 24 and box.right <= 136, (index, inset)
+            image = preprocess.preprocess(page)
+            assert correlation(image, preprocess.preprocess(digit)) > 0.9, (index, inset)
+
+
+def test_a_loop_holding_a_speck_is_a_digit_not_a_box(test_digits):
+    """0s, 6s, 8s and 9s with ink in a loop, and squarish 0s, stay digits."""
+    pairs = zip(test_digits.images, test_digits.labels, strict=True)
+    loops = [d for d, label in pairs if label in (0, 6, 8, 9)]
+    assert len(loops) >= 20
+    for digit in loops[:20]:
+        page = 1 - render.enlarge(digit, 112)
+        holes = ndi.binary_fill_holes(page < 0.5) & (page >= 0.5)
+        if not holes.any():
+            continue
+        row, col = (int(np.median(axis)) for axis in np.nonzero(holes))
+        page[row - 1 : row + 2, col - 1 : col + 2] = 0.0  # a dot of ink in the loop
+        ink_map = preprocess.find_ink(page)
+        assert ink_map is not None
+        assert not any(preprocess.is_box_around(b, ink_map.blobs, ink_map.labels) for b in ink_map.blobs)
+    square = np.full((120, 120), 255, np.uint8)
+    square[20:100, 30:90] = 0
+    square[30:90, 40:80] = 255  # a 0 drawn as a rectangle, 10 px strokes...
+    square[55:65, 55:65] = 0  # ...round a blot
+    ink_map = preprocess.find_ink(square)
+    assert ink_map is not None and len(ink_map.blobs) == 2
+    assert not any(preprocess.is_box_around(b, ink_map.blobs, ink_map.labels) for b in ink_map.blobs)
+
+
 def test_longest_side_is_20_px_and_the_aspect_ratio_is_kept():
     tall = preprocess.preprocess(drawing([[(200, 40), (200, 260)]], width=40))  # 260 x 40 px stroke
     assert tall is not None
@@ -454,6 +504,19 @@ def test_a_constant_grid_enlarges_to_itself_as_the_lighting_shortcut_assumes():
             grid = np.full(source, value, np.float32)
             enlarged = preprocess._resize_to(grid, target, Image.Resampling.BILINEAR)
             assert np.array_equal(enlarged, np.full(target, np.float32(value)))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "reflect"])
+@pytest.mark.parametrize("paper_share", [0.0, 0.9])  # windows sorted, or settled by the paper's value
+def test_rank_filters_are_scipys(mode, paper_share):
+    rng = np.random.default_rng(6)
+    image = np.round(rng.random((21, 32)) * 255).astype(np.float32) / 255
+    image[rng.random(image.shape) < paper_share] = 1.0
+    ranks = (0, 40, 120)
+    for rank, filtered in zip(ranks, filters.rank_filters(image, ranks, 11, mode), strict=True):
+        assert np.array_equal(filtered, ndi.rank_filter(image, rank, size=11, mode=mode))
+    with pytest.raises(ValueError, match="'nearest' or 'reflect'"):
+        filters.rank_filters(image, ranks, 11, "wrap")
 
 
 def test_the_shortcuts_of_find_ink_rest_on_exact_identities():

@@ -25,15 +25,19 @@ def percentile_filter(image: np.ndarray, percentile: float, size: int) -> np.nda
     return rank_filters(image, (rank_of(percentile, size),), size)[0]
 
 
-def rank_filters(image: np.ndarray, ranks: tuple[int, ...], size: int) -> list[np.ndarray]:
-    """scipy.ndimage.rank_filter(image, rank, size, mode="nearest") for each rank, for an odd `size`:
-    the same values, in a fraction of the time. scipy sorts each window on its own; here numpy
-    sorts them all at once, and where one value (a drawing's paper) fills a window, it is the answer.
+def rank_filters(
+    image: np.ndarray, ranks: tuple[int, ...], size: int, mode: str = "nearest"
+) -> list[np.ndarray]:
+    """scipy.ndimage.rank_filter(image, rank, size, mode=mode) for each rank, for an odd `size` no
+    larger than twice the image and mode "nearest" (the edge repeated) or "reflect" (the image
+    mirrored at its edge): the same values, in a fraction of the time. scipy sorts each window on
+    its own; here numpy sorts them all at once, and where one value (a drawing's paper) fills a
+    window, it is the answer.
     """
     area = size * size
     if image.size * area > MAX_WINDOW_VALUES:  # a fine lighting grid: too many values to copy out
-        return [ndi.rank_filter(image, rank, size=size, mode="nearest") for rank in ranks]
-    padded = _pad_edges(image, size // 2)  # scipy's "nearest"
+        return [ndi.rank_filter(image, rank, size=size, mode=mode) for rank in ranks]
+    padded = _pad(image, size // 2, mode)
     windows = sliding_window_view(padded, (size, size))
     values, counts = np.unique(image, return_counts=True)
     if counts.max() < MIN_MODE_SHARE * image.size:
@@ -60,11 +64,21 @@ def rank_filters(image: np.ndarray, ranks: tuple[int, ...], size: int) -> list[n
     return filtered
 
 
-def _pad_edges(image: np.ndarray, pad: int) -> np.ndarray:
-    """np.pad(image, pad, mode="edge"), without its overhead."""
-    rows = np.clip(np.arange(-pad, image.shape[0] + pad), 0, image.shape[0] - 1)
-    cols = np.clip(np.arange(-pad, image.shape[1] + pad), 0, image.shape[1] - 1)
+def _pad(image: np.ndarray, pad: int, mode: str) -> np.ndarray:
+    """np.pad(image, pad) with scipy's mode "nearest" (numpy's "edge") or "reflect" (numpy's
+    "symmetric"), for a pad no wider than the image, without np.pad's overhead."""
+    if mode not in ("nearest", "reflect"):
+        raise ValueError(f"rank_filters pads by 'nearest' or 'reflect', not {mode!r}")
+    rows, cols = (_padded_indices(length, pad, mode) for length in image.shape)
     return image[np.ix_(rows, cols)]
+
+
+def _padded_indices(length: int, pad: int, mode: str) -> np.ndarray:
+    indices = np.arange(-pad, length + pad)
+    if mode == "nearest":
+        return np.clip(indices, 0, length - 1)
+    # Mirrored about the edge, the edge pixel itself repeated: -1 -> 0, length -> length - 1.
+    return np.where(indices < 0, -indices - 1, np.where(indices >= length, 2 * length - 1 - indices, indices))
 
 
 def _window_sums(inside: np.ndarray, size: int) -> np.ndarray:

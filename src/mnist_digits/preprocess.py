@@ -38,6 +38,14 @@ from .grouping import union as bounding
 
 EIGHT_NEIGHBOURS = np.ones((3, 3), dtype=bool)  # diagonal pixels connect strokes, as a pen draws them
 CROSS = ndi.generate_binary_structure(2, 1)  # the four nearest neighbours
+# A box drawn around the digit (is_box_around): sides in a band this share of its shorter side,
+# each inked along this share of its length; at most this share of its ink inside the bands; and
+# other ink within it of at least this share of its own area; boxes smaller than this are digits.
+BOX_BAND = 0.08
+BOX_SIDE_COVER = 0.85
+BOX_MAX_WITHIN = 0.1
+BOX_MIN_ENCLOSED = 0.1
+BOX_MIN_SIDE = 8  # px
 
 
 @dataclass(frozen=True)
@@ -183,16 +191,32 @@ def working_gray(source: Image.Image | np.ndarray, max_side: int) -> tuple[np.nd
 
 
 def is_dark_on_light(gray: np.ndarray, config: PreprocessConfig = DEFAULT_CONFIG) -> bool:
-    """Whether the ink is darker than the paper: which side of the local background has the heavy tail."""
-    return _is_dark_on(gray, _coarse_percentile(gray, config.lighting_grid, 50), config)
+    """Whether the ink is darker than the paper: which side of the local background has the heavy tail.
+
+    The background is the median over half the image, with the windows beyond the image's edge
+    filled twice: by the edge repeated, and by the image mirrored. A pixel is ink only where it
+    stands out from both. Repeated, a line along the edge (a form's box cropped at its border, a
+    scanner's dark edge) fills half of the edge's windows and turns the white paper beside it
+    into "ink"; mirrored, a gradient of light that runs into the edge looks like ink there.
+    """
+    backgrounds = [
+        _coarse_percentile(gray, config.lighting_grid, 50, mode) for mode in ("nearest", "reflect")
+    ]
+    return _is_dark_on(gray, np.minimum(*backgrounds), config, np.maximum(*backgrounds))
 
 
-def _is_dark_on(gray: np.ndarray, background: np.ndarray, config: PreprocessConfig) -> bool:
-    """is_dark_on_light, given the local background (the median over half the image)."""
-    residual = gray - background
+def _is_dark_on(
+    gray: np.ndarray,
+    background: np.ndarray,
+    config: PreprocessConfig,
+    light_background: np.ndarray | None = None,
+) -> bool:
+    """is_dark_on_light, given the local background (the median over half the image): dark ink is
+    measured below `background`, light ink above `light_background` (by default the same)."""
     threshold = max(4 * pixel_noise(gray), config.min_contrast / 2)
-    dark = np.clip(-residual - threshold, 0, None).sum()
-    light = np.clip(residual - threshold, 0, None).sum()
+    dark = np.clip(background - gray - threshold, 0, None).sum()
+    above = background if light_background is None else light_background
+    light = np.clip(gray - above - threshold, 0, None).sum()
     return bool(dark > light)
 
 
@@ -343,12 +367,13 @@ def _paper_around(ink_is_light: np.ndarray, suspect: np.ndarray, config: Preproc
     return paper
 
 
-def _coarse_percentile(gray: np.ndarray, grid: int, percentile: float) -> np.ndarray:
-    """A percentile over half the image, computed on a coarse grid and smoothly enlarged back."""
+def _coarse_percentile(gray: np.ndarray, grid: int, percentile: float, mode: str = "nearest") -> np.ndarray:
+    """A percentile over half the image, computed on a coarse grid and smoothly enlarged back;
+    beyond the edge the windows hold the edge repeated ("nearest") or the image mirrored ("reflect")."""
     factor = max(gray.shape) / grid
     coarse = _resize(gray, 1 / factor, Image.Resampling.BOX) if factor > 1 else gray
     size = _window_side(coarse.shape)
-    [filtered] = rank_filters(coarse, (rank_of(percentile, size),), size)
+    [filtered] = rank_filters(coarse, (rank_of(percentile, size),), size, mode)
     if filtered.shape == gray.shape:
         return filtered
     value = filtered.flat[0] + np.float32(0.0)  # -0 as +0, like Pillow's sums, which start at +0
@@ -378,6 +403,8 @@ def _keep_ink_blobs(labels: np.ndarray, count: int, config: PreprocessConfig) ->
         for i, (rows, cols) in enumerate(slices)
         if rows is not None
     ]
+    # A form's box or a cell of a digit sheet drawn around the digit is not part of it.
+    blobs = [b for b in blobs if not is_box_around(b, blobs, labels)] or blobs
     largest = max(b.area for b in blobs)
     big = [b for b in blobs if b.area >= config.speck_fraction * largest]
     # Small pieces touching the big blobs' box are parts of the digit: the detached bar of a 5, a
@@ -409,6 +436,33 @@ def _keep_ink_blobs(labels: np.ndarray, count: int, config: PreprocessConfig) ->
         for b in blobs
         if b in inside or (b.height < 0.9 * height and b.width < 0.9 * width and b.area < inside_area)
     ]
+
+
+def is_box_around(blob: Blob, blobs: Sequence[Blob], labels: np.ndarray) -> bool:
+    """Whether `blob` is a box drawn around other ink (a form's field, a cell of a digit sheet):
+    at least three of its sides straight lines along its bounding box, little of it inside them,
+    and other ink, BOX_MIN_ENCLOSED of its own at least, within. A digit's loop is none of these:
+    an oval touches its box at four points, and holds no other ink."""
+    if min(blob.height, blob.width) < BOX_MIN_SIDE:
+        return False
+    enclosed = sum(
+        b.area
+        for b in blobs
+        if b.top > blob.top and b.left > blob.left and b.bottom < blob.bottom and b.right < blob.right
+    )
+    if enclosed < BOX_MIN_ENCLOSED * blob.area:
+        return False
+    mine = labels[blob.top : blob.bottom, blob.left : blob.right] == blob.label
+    band = max(2, round(BOX_BAND * min(blob.height, blob.width)))
+    sides = (
+        mine[:band].any(0),
+        mine[-band:].any(0),
+        mine[:, :band].any(1),
+        mine[:, -band:].any(1),
+    )
+    straight = sum(float(side.mean()) >= BOX_SIDE_COVER for side in sides)
+    within = np.count_nonzero(mine[band:-band, band:-band])
+    return bool(straight >= 3 and within <= BOX_MAX_WITHIN * blob.area)
 
 
 def ink_of(ink_map: InkMap, blobs: list[Blob]) -> tuple[np.ndarray, np.ndarray]:

@@ -2,8 +2,8 @@
 
 Each kind takes one 28x28 MNIST digit (uint8, white on black) and returns a PIL image: drawn
 large, inverted, off-centre on a big page, photographed on noisy or unevenly lit paper, saved
-as JPEG, or exported from an HTML canvas with a transparent background. `render_number` puts
-several digits side by side, as a written number.
+as JPEG, exported from an HTML canvas with a transparent background, or written in a form's
+box. `render_number` puts several digits side by side, as a written number.
 """
 
 from __future__ import annotations
@@ -103,6 +103,24 @@ def rgba(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(pixels)  # mode RGBA
 
 
+def boxed(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """240x240 crop of a form or a digit sheet: the digit written inside a printed box whose lines
+    (2-5 px, black to mid-gray) run 0-12 px inside the crop's edge, on white paper."""
+    side = 240
+    inset, line = int(rng.integers(0, 13)), int(rng.integers(2, 6))
+    page = np.full((side, side), rng.uniform(0.9, 1.0), dtype=np.float32)
+    inner = side - 2 * (inset + line)  # the box's inside
+    far = inset + line
+    page[inset:far, inset : side - inset] = page[side - far : side - inset, inset : side - inset] = 0
+    page[inset : side - inset, inset:far] = page[inset : side - inset, side - far : side - inset] = 0
+    page = np.where(page == 0, rng.uniform(0.0, 0.5), page).astype(np.float32)
+    size = int(rng.uniform(0.8, 1.0) * inner)  # the digit's 28x28 field: its ink keeps a margin
+    top, left = (far + int(rng.integers(0, inner - size + 1)) for _ in range(2))
+    ink = np.zeros_like(page)
+    ink[top : top + size, left : left + size] = enlarge(digit, size)
+    return _gray(_on_paper(ink, page, rng.uniform(0.0, 0.2)))
+
+
 KINDS: dict[str, Renderer] = {
     "large": large,
     "inverted": inverted,
@@ -111,6 +129,7 @@ KINDS: dict[str, Renderer] = {
     "graded": graded,
     "jpeg": jpeg,
     "rgba": rgba,
+    "boxed": boxed,
 }
 
 
