@@ -10,7 +10,8 @@ centre of mass at the centre (row 14, column 14). A photo or a drawing is brough
 3. the paper and its uneven lighting estimated around the ink (a masked blur) and removed,
    relative to the paper's light for dark ink (shadow dims ink and paper alike);
 4. contrast scaled so that the strokes' core is 1; noise away from the strokes set to 0;
-5. ink blobs found as connected components; specks, and clutter at the border, dropped;
+5. ink blobs found as connected components; specks, clutter at the border, and a box drawn
+   around the digit (a form's field) dropped;
 6. strokes too thin for their size (a fine pen on a big canvas) thickened to MNIST's width
    (and, if asked, a marker's too thick ones thinned);
 7. the ink's box scaled to 20 px on its longest side, centre of mass put at the centre of 28x28;
