@@ -77,8 +77,10 @@ def _padded_indices(length: int, pad: int, mode: str) -> np.ndarray:
     indices = np.arange(-pad, length + pad)
     if mode == "nearest":
         return np.clip(indices, 0, length - 1)
-    # Mirrored about the edge, the edge pixel itself repeated: -1 -> 0, length -> length - 1.
-    return np.where(indices < 0, -indices - 1, np.where(indices >= length, 2 * length - 1 - indices, indices))
+    # Mirrored about the edge, the edge pixel itself repeated (-1 -> 0, length -> length - 1),
+    # and again for a pad wider than the image: the pattern repeats every 2 * length.
+    folded = indices % (2 * length)
+    return np.where(folded < length, folded, 2 * length - 1 - folded)
 
 
 def _window_sums(inside: np.ndarray, size: int) -> np.ndarray:
