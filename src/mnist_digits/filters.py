@@ -28,11 +28,10 @@ def percentile_filter(image: np.ndarray, percentile: float, size: int) -> np.nda
 def rank_filters(
     image: np.ndarray, ranks: tuple[int, ...], size: int, mode: str = "nearest"
 ) -> list[np.ndarray]:
-    """scipy.ndimage.rank_filter(image, rank, size, mode=mode) for each rank, for an odd `size` no
-    larger than twice the image and mode "nearest" (the edge repeated) or "reflect" (the image
-    mirrored at its edge): the same values, in a fraction of the time. scipy sorts each window on
-    its own; here numpy sorts them all at once, and where one value (a drawing's paper) fills a
-    window, it is the answer.
+    """scipy.ndimage.rank_filter(image, rank, size, mode=mode) for each rank, for an odd `size` and
+    mode "nearest" (the edge repeated) or "reflect" (the image mirrored at its edge): the same
+    values, in a fraction of the time. scipy sorts each window on its own; here numpy sorts them
+    all at once, and where one value (a drawing's paper) fills a window, it is the answer.
     """
     area = size * size
     if image.size * area > MAX_WINDOW_VALUES:  # a fine lighting grid: too many values to copy out
@@ -66,7 +65,7 @@ def rank_filters(
 
 def _pad(image: np.ndarray, pad: int, mode: str) -> np.ndarray:
     """np.pad(image, pad) with scipy's mode "nearest" (numpy's "edge") or "reflect" (numpy's
-    "symmetric"), for a pad no wider than the image, without np.pad's overhead."""
+    "symmetric"), without np.pad's overhead."""
     if mode not in ("nearest", "reflect"):
         raise ValueError(f"rank_filters pads by 'nearest' or 'reflect', not {mode!r}")
     rows, cols = (_padded_indices(length, pad, mode) for length in image.shape)

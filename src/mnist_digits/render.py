@@ -111,9 +111,10 @@ def boxed(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     page = np.full((side, side), rng.uniform(0.9, 1.0), dtype=np.float32)
     inner = side - 2 * (inset + line)  # the box's inside
     far = inset + line
-    page[inset:far, inset : side - inset] = page[side - far : side - inset, inset : side - inset] = 0
-    page[inset : side - inset, inset:far] = page[inset : side - inset, side - far : side - inset] = 0
-    page = np.where(page == 0, rng.uniform(0.0, 0.5), page).astype(np.float32)
+    lines = np.zeros((side, side), dtype=bool)
+    lines[inset:far, inset : side - inset] = lines[side - far : side - inset, inset : side - inset] = True
+    lines[inset : side - inset, inset:far] = lines[inset : side - inset, side - far : side - inset] = True
+    page[lines] = rng.uniform(0.0, 0.5)
     size = int(rng.uniform(0.8, 1.0) * inner)  # the digit's 28x28 field: its ink keeps a margin
     top, left = (far + int(rng.integers(0, inner - size + 1)) for _ in range(2))
     ink = np.zeros_like(page)
