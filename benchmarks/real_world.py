@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/real_world.py --workers 2 --json-out real_world.json
 
 Every kind of mnist_digits.render (large, inverted, off-centre, noisy, unevenly lit, JPEG, a
-transparent canvas) is made from each of the first N test digits, which the model never trained
-on, and goes through the same preprocessing as `mnist-digits predict`. "number" puts them side
+transparent canvas, inside a form's box and written to its edges) is made from each of the
+first N test digits, which the model never trained on, and goes through the same
+preprocessing as `mnist-digits predict`. "number" puts them side
 by side four at a time and reads them with --multi's segmentation; a number whose digits are not
 all found counts every digit of it as wrong. Image i of a kind is drawn with seed (seed, i), so
 results do not depend on --workers.

@@ -11,7 +11,7 @@ centre of mass at the centre (row 14, column 14). A photo or a drawing is brough
    relative to the paper's light for dark ink (shadow dims ink and paper alike);
 4. contrast scaled so that the strokes' core is 1; noise away from the strokes set to 0;
 5. ink blobs found as connected components; specks, clutter at the border, and a box drawn
-   around the digit (a form's field) dropped;
+   around the digit (a form's field) dropped, its lines taken off the digit where they touch;
 6. strokes too thin for their size (a fine pen on a big canvas) thickened to MNIST's width
    (and, if asked, a marker's too thick ones thinned);
 7. the ink's box scaled to 20 px on its longest side, centre of mass put at the centre of 28x28;
@@ -47,6 +47,11 @@ BOX_SIDE_COVER = 0.85
 BOX_MAX_WITHIN = 0.1
 BOX_MIN_ENCLOSED = 0.1
 BOX_MIN_SIDE = 8  # px
+# A digit written to its box's edges joins the lines into one blob (box_lines): three or more sides
+# lines at most this share of the shorter side thick (a digit's strokes are 10-15%), in boxes at
+# least this big, are taken off it.
+BOX_MAX_LINE = 0.05
+BOX_SPLIT_MIN_SIDE = 32  # px
 
 
 @dataclass(frozen=True)
@@ -396,14 +401,20 @@ def _keep_ink_blobs(labels: np.ndarray, count: int, config: PreprocessConfig) ->
     if count == 1:  # a clean drawing: the rules below keep a lone blob, and this finds it faster
         rows, cols = np.flatnonzero(labels.any(1)), np.flatnonzero(labels.any(0))
         top, left, bottom, right = int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
-        return [Blob(1, top, left, bottom, right, int(np.count_nonzero(labels)))]
-    areas = np.bincount(labels.ravel(), minlength=count + 1)
-    slices = ndi.find_objects(labels)
-    blobs = [
-        Blob(i + 1, rows.start, cols.start, rows.stop, cols.stop, int(areas[i + 1]))
-        for i, (rows, cols) in enumerate(slices)
-        if rows is not None
-    ]
+        blobs = [Blob(1, top, left, bottom, right, int(np.count_nonzero(labels)))]
+        unboxed = take_off_box_lines(blobs, labels, count)
+        if unboxed is blobs:
+            return blobs
+        blobs = unboxed
+    else:
+        areas = np.bincount(labels.ravel(), minlength=count + 1)
+        slices = ndi.find_objects(labels)
+        blobs = [
+            Blob(i + 1, rows.start, cols.start, rows.stop, cols.stop, int(areas[i + 1]))
+            for i, (rows, cols) in enumerate(slices)
+            if rows is not None
+        ]
+        blobs = take_off_box_lines(blobs, labels, count)
     # A form's box or a cell of a digit sheet drawn around the digit is not part of it.
     blobs = [b for b in blobs if not is_box_around(b, blobs, labels)] or blobs
     largest = max(b.area for b in blobs)
@@ -464,6 +475,96 @@ def is_box_around(blob: Blob, blobs: Sequence[Blob], labels: np.ndarray) -> bool
     straight = sum(float(side.mean()) >= BOX_SIDE_COVER for side in sides)
     within = np.count_nonzero(mine[band:-band, band:-band])
     return bool(straight >= 3 and within <= BOX_MAX_WITHIN * blob.area)
+
+
+def take_off_box_lines(blobs: list[Blob], labels: np.ndarray, count: int) -> list[Blob]:
+    """`blobs` with each digit that touches the box it was written in taken out of it: the box's
+    lines (box_lines) set to 0 in `labels`, and what is left of the blob labelled anew (from
+    `count` + 1) as blobs of its own. The list itself when no blob is such a box."""
+    out, changed = [], False
+    for blob in blobs:
+        lines = box_lines(blob, labels) if min(blob.height, blob.width) >= BOX_SPLIT_MIN_SIDE else None
+        if lines is None:
+            out.append(blob)
+            continue
+        window = labels[blob.top : blob.bottom, blob.left : blob.right]
+        mine = window == blob.label
+        rest = mine & ~lines
+        # What the lines' edges leave (a pixel of a tilted line's step) lies along them: not ink.
+        near_lines = ndi.binary_dilation(lines, EIGHT_NEIGHBOURS, iterations=2)
+        parts, found = ndi.label(rest, structure=EIGHT_NEIGHBOURS)
+        away = np.unique(parts[rest & ~near_lines])
+        rest = np.isin(parts, away[away > 0])
+        if np.count_nonzero(rest) < BOX_MIN_ENCLOSED * np.count_nonzero(lines):
+            out.append(blob)  # nothing written in it: an empty box, or a squarish 0 (is_box_around's)
+            continue
+        parts, found = ndi.label(rest, structure=EIGHT_NEIGHBOURS)
+        window[mine] = 0
+        window[rest] = parts[rest] + count
+        areas = np.bincount(parts.ravel(), minlength=found + 1)
+        for i, (rows, cols) in enumerate(ndi.find_objects(parts)):
+            out.append(
+                Blob(
+                    count + i + 1,
+                    blob.top + rows.start,
+                    blob.left + cols.start,
+                    blob.top + rows.stop,
+                    blob.left + cols.stop,
+                    int(areas[i + 1]),
+                )
+            )
+        count += found
+        changed = True
+    return out if changed else blobs
+
+
+def box_lines(blob: Blob, labels: np.ndarray) -> np.ndarray | None:
+    """The pixels of a box's lines in `blob`, as a mask of its bounding box, when at least three
+    of its sides are thin straight lines along that box (a digit written to the edges of a form's
+    field joins them into one blob); None otherwise. A side's line may lean (a scan's tilt) and
+    strokes may join it: each column loses only the line's thickness from the line's first pixel."""
+    mine = labels[blob.top : blob.bottom, blob.left : blob.right] == blob.label
+    band = max(2, round(BOX_BAND * min(blob.height, blob.width)))
+    thickest = max(1.0, BOX_MAX_LINE * min(blob.height, blob.width))
+    lines = np.zeros_like(mine)
+    sides = 0
+    for turns in range(4):  # each side turned to the top: the views write through to `lines`
+        line = _line_along_top(np.rot90(mine, turns), band, thickest)
+        if line is not None:
+            np.rot90(lines, turns)[line] = True
+            sides += 1
+    return lines if sides >= 3 else None
+
+
+def _line_along_top(mine: np.ndarray, band: int, thickest: float) -> np.ndarray | None:
+    """The pixels of a straight line along the top of `mine`, no thicker than `thickest`; None if
+    there is none."""
+    top = mine[:band]
+    inked = top.any(0)
+    if inked.mean() < BOX_SIDE_COVER:
+        return None
+    cols = np.flatnonzero(inked)
+    first = top.argmax(0)[cols]
+    run = np.zeros(len(cols), dtype=np.int64)  # each column's ink downward from its first pixel
+    going = np.ones(len(cols), dtype=bool)
+    for offset in range(band):
+        rows = first + offset
+        going &= (rows < mine.shape[0]) & mine[np.minimum(rows, mine.shape[0] - 1), cols]
+        if not going.any():
+            break
+        run += going
+    thickness = int(np.percentile(run, 25))  # strokes joining the line only lengthen its runs
+    plain = run <= thickness + 1
+    if thickness > thickest or np.count_nonzero(plain) < 2:
+        return None
+    slope, intercept = np.polyfit(cols[plain], first[plain], 1)
+    on = np.abs(first - (slope * cols + intercept)) <= 2  # where its first ink is the line's
+    line = np.zeros_like(mine)
+    for offset in range(thickness + 2):  # one row more: a tilted line's steps
+        rows = first[on] + offset
+        keep = rows < mine.shape[0]
+        line[rows[keep], cols[on][keep]] = True
+    return line & mine
 
 
 def ink_of(ink_map: InkMap, blobs: list[Blob]) -> tuple[np.ndarray, np.ndarray]:

@@ -3,7 +3,8 @@
 Each kind takes one 28x28 MNIST digit (uint8, white on black) and returns a PIL image: drawn
 large, inverted, off-centre on a big page, photographed on noisy or unevenly lit paper, saved
 as JPEG, exported from an HTML canvas with a transparent background, or written in a form's
-box. `render_number` puts several digits side by side, as a written number.
+box, with room to spare or to its edges. `render_number` puts several digits side by side, as
+a written number.
 """
 
 from __future__ import annotations
@@ -122,6 +123,33 @@ def boxed(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return _gray(_on_paper(ink, page, rng.uniform(0.0, 0.2)))
 
 
+def cramped(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """240x240 crop of a form whose digit was written to the edges of its box: the ink's box,
+    scaled to the box's inside, runs across the lines (to their outer edge) at two opposite
+    sides or more, and the scan is turned up to 1.5 degrees either way (the box 4-12 px inside
+    the crop's edge, whole)."""
+    side = 240
+    inset, line = int(rng.integers(4, 13)), int(rng.integers(2, 6))  # turned, the box stays in the crop
+    paper = float(rng.uniform(0.9, 1.0))
+    page = np.full((side, side), paper, dtype=np.float32)
+    far = inset + line
+    inner = side - 2 * far
+    lines = np.zeros((side, side), dtype=bool)
+    lines[inset:far, inset : side - inset] = lines[side - far : side - inset, inset : side - inset] = True
+    lines[inset : side - inset, inset:far] = lines[inset : side - inset, side - far : side - inset] = True
+    page[lines] = rng.uniform(0.0, 0.5)
+    rows, cols = np.nonzero(np.asarray(digit) > 127)  # the strokes' core, not their faint edge
+    crop = np.asarray(digit, dtype=np.uint8)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    span = inner + 2 * line  # the ink's longer side, from one line's outer edge to the other's
+    height, width = (min(span, round(length * span / max(crop.shape))) for length in crop.shape)
+    ink = np.zeros_like(page)
+    top, left = (inset + int(rng.integers(0, span - length + 1)) for length in (height, width))
+    resized = Image.fromarray(crop).resize((width, height), Image.Resampling.BICUBIC)
+    ink[top : top + height, left : left + width] = np.asarray(resized, dtype=np.float32) / 255.0
+    scan = _gray(_on_paper(ink, page, rng.uniform(0.0, 0.2)))
+    return scan.rotate(rng.uniform(-1.5, 1.5), Image.Resampling.BICUBIC, fillcolor=round(paper * 255))
+
+
 KINDS: dict[str, Renderer] = {
     "large": large,
     "inverted": inverted,
@@ -131,6 +159,7 @@ KINDS: dict[str, Renderer] = {
     "jpeg": jpeg,
     "rgba": rgba,
     "boxed": boxed,
+    "cramped": cramped,
 }
 
 
