@@ -104,6 +104,15 @@ def rgba(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return Image.fromarray(pixels)  # mode RGBA
 
 
+def _box_lines(side: int, inset: int, line: int) -> np.ndarray:
+    """The pixels of a square box's lines, `line` px wide and `inset` px inside a side x side crop."""
+    far, near = inset + line, side - inset
+    lines = np.zeros((side, side), dtype=bool)
+    lines[inset:far, inset:near] = lines[side - far : near, inset:near] = True
+    lines[inset:near, inset:far] = lines[inset:near, side - far : near] = True
+    return lines
+
+
 def boxed(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     """240x240 crop of a form or a digit sheet: the digit written inside a printed box whose lines
     (2-5 px, black to mid-gray) run 0-12 px inside the crop's edge, on white paper."""
@@ -112,10 +121,7 @@ def boxed(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     page = np.full((side, side), rng.uniform(0.9, 1.0), dtype=np.float32)
     inner = side - 2 * (inset + line)  # the box's inside
     far = inset + line
-    lines = np.zeros((side, side), dtype=bool)
-    lines[inset:far, inset : side - inset] = lines[side - far : side - inset, inset : side - inset] = True
-    lines[inset : side - inset, inset:far] = lines[inset : side - inset, side - far : side - inset] = True
-    page[lines] = rng.uniform(0.0, 0.5)
+    page[_box_lines(side, inset, line)] = rng.uniform(0.0, 0.5)
     size = int(rng.uniform(0.8, 1.0) * inner)  # the digit's 28x28 field: its ink keeps a margin
     top, left = (far + int(rng.integers(0, inner - size + 1)) for _ in range(2))
     ink = np.zeros_like(page)
@@ -134,10 +140,7 @@ def cramped(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     page = np.full((side, side), paper, dtype=np.float32)
     far = inset + line
     inner = side - 2 * far
-    lines = np.zeros((side, side), dtype=bool)
-    lines[inset:far, inset : side - inset] = lines[side - far : side - inset, inset : side - inset] = True
-    lines[inset : side - inset, inset:far] = lines[inset : side - inset, side - far : side - inset] = True
-    page[lines] = rng.uniform(0.0, 0.5)
+    page[_box_lines(side, inset, line)] = rng.uniform(0.0, 0.5)
     rows, cols = np.nonzero(np.asarray(digit) > 127)  # the strokes' core, not their faint edge
     crop = np.asarray(digit, dtype=np.uint8)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     span = inner + 2 * line  # the ink's longer side, from one line's outer edge to the other's
