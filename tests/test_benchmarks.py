@@ -327,3 +327,21 @@ def test_precision_benchmark_compares_bf16_with_fp32_and_says_what_auto_takes(tm
     assert row["same_digit"] > 0.98 and row["bf16_images_per_second"] > 0
     assert row["points_apart"] == pytest.approx(100 * abs(row["bf16_accuracy"] - row["fp32_accuracy"]))
     assert "--precision auto here: precision" in done.stdout and result["auto"] in done.stdout
+
+
+def test_uci_format_ceiling_trains_a_network_on_mnist_in_the_8x8_format(mnist):
+    """benchmarks/uci_format_ceiling.py's own network: MNIST's digits as 8x8 counts, and one short
+    epoch on some of them already reads other digits in that format well above chance."""
+    ceiling = import_benchmark("uci_format_ceiling")
+    train, other = mnist.train.images[:4000], mnist.train.images[4000:4500]
+    inputs = ceiling.counts(train)
+    assert inputs.shape == (4000, 1, 8, 8) and float(inputs.min()) >= 0 and float(inputs.max()) <= 1
+    assert float(inputs.max()) == 1  # a fully inked 4x4 block is 16 of 16
+    labels = torch.from_numpy(mnist.train.labels[:4000].astype(np.int64))
+    config = ceiling.FormatConfig(epochs=1)
+    network = ceiling.train_format_network(inputs, labels, seed=0, config=config)
+    assert not network.training
+    read = ceiling.accuracy(network, ceiling.counts(other), mnist.train.labels[4000:4500])
+    assert read > 0.8, read
+    again = ceiling.train_format_network(inputs, labels, seed=0, config=config)
+    assert ceiling.accuracy(again, ceiling.counts(other), mnist.train.labels[4000:4500]) == read  # seeded
