@@ -71,7 +71,12 @@ def format_network() -> nn.Module:
 
 def counts(images: np.ndarray) -> torch.Tensor:
     """MNIST digits (N, 28, 28) uint8 in UCI's format, (N, 1, 8, 8) floats 0-1."""
-    return torch.from_numpy(stress.mnist_as_uci(images) / stress.UCI_BLOCK**2).unsqueeze(1).float()
+    return as_inputs(stress.mnist_as_uci(images))
+
+
+def as_inputs(uci_counts: np.ndarray) -> torch.Tensor:
+    """8x8 counts (N, 8, 8), 0-16, as the format network's inputs: (N, 1, 8, 8) floats 0-1."""
+    return torch.from_numpy(uci_counts / stress.UCI_BLOCK**2).unsqueeze(1).float()
 
 
 def train_format_network(
@@ -108,13 +113,12 @@ def run(args: argparse.Namespace) -> dict:
     config = FormatConfig(epochs=args.epochs)
     mnist = data.load(data.locate(args.data_dir, log=lambda m: print(m, file=sys.stderr)))
     uci, uci_labels = uci_digits()
-    uci_inputs = torch.from_numpy(uci / stress.UCI_BLOCK**2).unsqueeze(1).float()
+    uci_inputs = as_inputs(uci)
     model = load_model(args.model, runtime="torch", precision="fp32")
-    networks = each_network(args.model, model) or [(args.model, model)]
-    if args.network:
-        networks = [networks[k - 1] for k in args.network if 1 <= k <= len(networks)]
-        if not networks:
-            sys.exit(f"--network: {args.model} has networks 1 to {len(each_network(args.model, model)) or 1}")
+    every = each_network(args.model, model) or [(args.model, model)]
+    networks = [every[k - 1] for k in args.network if 1 <= k <= len(every)] if args.network else every
+    if not networks:
+        sys.exit(f"--network: {args.model} has networks 1 to {len(every)}")
     results = []
     for name, network in networks:
         held, which = validation_split(network, mnist, args.digits)

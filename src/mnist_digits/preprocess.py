@@ -464,17 +464,21 @@ def is_box_around(blob: Blob, blobs: Sequence[Blob], labels: np.ndarray) -> bool
     )
     if enclosed < BOX_MIN_ENCLOSED * blob.area:
         return False
-    mine = labels[blob.top : blob.bottom, blob.left : blob.right] == blob.label
-    band = max(2, round(BOX_BAND * min(blob.height, blob.width)))
-    sides = (
-        mine[:band].any(0),
-        mine[-band:].any(0),
-        mine[:, :band].any(1),
-        mine[:, -band:].any(1),
-    )
-    straight = sum(float(side.mean()) >= BOX_SIDE_COVER for side in sides)
+    mine, band = _own_pixels_and_band(blob, labels)
+    straight = sum(_inked_along(np.rot90(mine, turns)[:band]) for turns in range(4))
     within = np.count_nonzero(mine[band:-band, band:-band])
     return bool(straight >= 3 and within <= BOX_MAX_WITHIN * blob.area)
+
+
+def _own_pixels_and_band(blob: Blob, labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """`blob`'s own pixels in its bounding box, and how far in from each side a box's line is looked for."""
+    mine = labels[blob.top : blob.bottom, blob.left : blob.right] == blob.label
+    return mine, max(2, round(BOX_BAND * min(blob.height, blob.width)))
+
+
+def _inked_along(band: np.ndarray) -> bool:
+    """Whether the rows along a side (turned to the top) hold ink along BOX_SIDE_COVER of its length."""
+    return float(band.any(0).mean()) >= BOX_SIDE_COVER
 
 
 def take_off_box_lines(blobs: list[Blob], labels: np.ndarray, count: int) -> list[Blob]:
@@ -492,7 +496,7 @@ def take_off_box_lines(blobs: list[Blob], labels: np.ndarray, count: int) -> lis
         rest = mine & ~lines
         # What the lines' edges leave (a pixel of a tilted line's step) lies along them: not ink.
         near_lines = ndi.binary_dilation(lines, EIGHT_NEIGHBOURS, iterations=2)
-        parts, found = ndi.label(rest, structure=EIGHT_NEIGHBOURS)
+        parts, _ = ndi.label(rest, structure=EIGHT_NEIGHBOURS)
         away = np.unique(parts[rest & ~near_lines])
         rest = np.isin(parts, away[away > 0])
         if np.count_nonzero(rest) < BOX_MIN_ENCLOSED * np.count_nonzero(lines):
@@ -523,8 +527,7 @@ def box_lines(blob: Blob, labels: np.ndarray) -> np.ndarray | None:
     of its sides are thin straight lines along that box (a digit written to the edges of a form's
     field joins them into one blob); None otherwise. A side's line may lean (a scan's tilt) and
     strokes may join it: each column loses only the line's thickness from the line's first pixel."""
-    mine = labels[blob.top : blob.bottom, blob.left : blob.right] == blob.label
-    band = max(2, round(BOX_BAND * min(blob.height, blob.width)))
+    mine, band = _own_pixels_and_band(blob, labels)
     thickest = max(1.0, BOX_MAX_LINE * min(blob.height, blob.width))
     lines = np.zeros_like(mine)
     sides = 0
@@ -540,10 +543,9 @@ def _line_along_top(mine: np.ndarray, band: int, thickest: float) -> np.ndarray 
     """The pixels of a straight line along the top of `mine`, no thicker than `thickest`; None if
     there is none."""
     top = mine[:band]
-    inked = top.any(0)
-    if inked.mean() < BOX_SIDE_COVER:
+    if not _inked_along(top):
         return None
-    cols = np.flatnonzero(inked)
+    cols = np.flatnonzero(top.any(0))
     first = top.argmax(0)[cols]
     run = np.zeros(len(cols), dtype=np.int64)  # each column's ink downward from its first pixel
     going = np.ones(len(cols), dtype=bool)
